@@ -1,0 +1,1 @@
+"""The PicoAPI registry master: a durable service registry with scheduled health checks."""

@@ -1,0 +1,1 @@
+"""The PicoAPI sidecar: registers one service, described by a YAML file, with the master."""
