@@ -1,0 +1,60 @@
+"""The master's aiohttp application: routes, and the owner of every background part.
+
+The store, the registry and the health scheduler are started and stopped here, in that
+order and its reverse, through one cleanup context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from master import api, compat, consul, dashboard, spec
+from master.auth import Auth
+from master.health import HealthScheduler
+from master.metrics import Metrics
+from master.registry import Registry
+from master.store.base import Store
+
+log = structlog.get_logger("master.app")
+
+SCHEDULER: Final = web.AppKey("scheduler", HealthScheduler)
+
+
+def build_app(store: Store, auth: Auth, *, check_concurrency: int = 512) -> web.Application:
+    app = web.Application(
+        middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
+    )
+    registry = Registry(store)
+    metrics = Metrics()
+    app[api.REGISTRY] = registry
+    app[api.METRICS] = metrics
+    app[api.AUTH] = auth
+    app[SCHEDULER] = HealthScheduler(registry, metrics, concurrency=check_concurrency)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        loaded = await registry.load()
+        log.info("registry_loaded", store=store.describe(), services=loaded)
+        scheduler = app[SCHEDULER]
+        await scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            await store.close()
+            log.info("store_closed", store=store.describe())
+
+    async def release_watchers(app: web.Application) -> None:
+        registry.wake_all()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(release_watchers)
+    api.add_routes(app)
+    compat.add_routes(app)
+    consul.add_routes(app)
+    dashboard.add_routes(app)
+    spec.add_routes(app)
+    return app
