@@ -196,9 +196,9 @@ async def put_service(request: web.Request) -> web.Response:
     if not raw.strip():
         raise BadRequest("the body is empty; send a registration", code="invalid_json")
     body = loads_json(raw)
+    if len(raw) > BODY_MAX and not (isinstance(body, dict) and body.get("openapi")):
+        raise PayloadTooLarge("a registration without an OpenAPI document is limited to 1 MiB")
     registration, openapi = parse_registration(body, path_id=_record_id(request))
-    if len(raw) > BODY_MAX and not isinstance(openapi, dict):
-        raise PayloadTooLarge(f"a registration without an OpenAPI document is limited to 1 MiB")
     record, _ = await request.app[REGISTRY].put(registration, openapi)
     return raw_json_response(request.app[REGISTRY].encoded(record))
 

@@ -1,0 +1,400 @@
+"""Health checking: the HTTP probe, the thresholds, and the scheduler that runs them.
+
+The probe turns one GET into a CheckResult and never raises for a target's failure. The
+StatusTracker sits between probe and registry and applies the two thresholds. The
+HealthScheduler runs every service's check from ONE loop over a heap of due times, so
+10,000 services cost one sleeping task, not 10,000; each due check runs in its own short
+task, bounded by a semaphore, so a hanging target costs one slot for its own timeout and
+delays nobody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import errno
+import heapq
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Final
+
+import aiohttp
+import structlog
+
+from master.metrics import Metrics
+from master.model import OUTPUT_MAX, CheckResult, CheckSpec, Record, Status, format_duration
+from master.registry import Registry
+
+log = structlog.get_logger("master.health")
+
+# The status mapping: 2xx passing, 429 warning, anything else critical.
+PASSING_CODES: Final = range(200, 300)
+WARNING_CODE: Final = 429
+FOLLOW_REDIRECTS: Final = False  # a redirect is an answer, not health: Consul does the same
+
+DEFAULT_CONCURRENCY: Final = 512
+# Shorter than the usual server keep-alive (aiohttp's 75 s), so we drop an idle connection
+# before the target does and never send a check down a socket the target just closed.
+KEEPALIVE_SECONDS: Final = 15.0
+DNS_CACHE_SECONDS: Final = 30
+USER_AGENT: Final = "picoapi-master-health-check"
+LAG_SAMPLES: Final = 10_000  # about 10 s of lags at 1,000 checks/s
+
+ClientSessionFactory = Callable[[], aiohttp.ClientSession]
+
+
+# --- the probe -------------------------------------------------------------------------
+
+
+async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
+    """GET `url` once: 2xx passing, 429 warning, anything else (and every failure) critical."""
+    started = time.perf_counter()
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            session.get(url, allow_redirects=FOLLOW_REDIRECTS) as response,
+        ):
+            body = await _read_capped(response.content, OUTPUT_MAX)
+    except TimeoutError:
+        return _failure(f"timed out after {format_duration(timeout)}", started)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return _failure(_describe_error(exc), started)
+    if response.status in PASSING_CODES:
+        status = Status.PASSING
+    elif response.status == WARNING_CODE:
+        status = Status.WARNING
+    else:
+        status = Status.CRITICAL
+    # A body cut at the cap may end inside a character: leave that partial character out.
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    output = decoder.decode(body, final=len(body) < OUTPUT_MAX)
+    return CheckResult(
+        status=status,
+        output=output or f"HTTP {response.status} {response.reason or ''}".rstrip(),
+        duration_ms=(time.perf_counter() - started) * 1000,
+        http_status=response.status,
+    )
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to `limit` bytes of a body; the rest is never read (the connection is dropped)."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
+def _failure(output: str, started: float) -> CheckResult:
+    return CheckResult(
+        status=Status.CRITICAL,
+        output=output,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _describe_error(exc: BaseException) -> str:
+    """A short, human text for why a probe got no answer."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        where = f"{exc.host}:{exc.port}"
+        if isinstance(os_error, socket.gaierror):
+            return f"DNS lookup failed for {exc.host}: {os_error.strerror or os_error}"
+        if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
+            return f"connection refused by {where}"
+        return f"cannot connect to {where}: {os_error.strerror or os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection without answering"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# --- the thresholds --------------------------------------------------------------------
+
+
+@dataclass
+class StatusTracker:
+    """One service's reported status, moved by probe results through the two thresholds.
+
+    - From `unknown`, the first result is taken as it is.
+    - `successes_before_passing` consecutive passing results make it `passing`.
+    - Once the last `failures_before_critical` results are all non-passing, it becomes the
+      mildest of them: `critical` only if every one was critical, else `warning`.
+    - Otherwise it stays where it is (a single blip changes nothing).
+
+    `critical_since` (monotonic seconds) is when it last became critical, for
+    `deregister_after`; None while it is not critical.
+    """
+
+    failures_before_critical: int = 1
+    successes_before_passing: int = 1
+    status: Status = Status.UNKNOWN
+    critical_since: float | None = None
+    _passes: int = field(default=0, repr=False)
+    _failures: int = field(default=0, repr=False)
+    _criticals: int = field(default=0, repr=False)
+
+    def observe(self, result: Status, now: float) -> Status:
+        """Take one probe result; returns the status to report."""
+        if result is Status.PASSING:
+            self._passes += 1
+            self._failures = self._criticals = 0
+        else:
+            self._passes = 0
+            self._failures += 1
+            self._criticals = self._criticals + 1 if result is Status.CRITICAL else 0
+        if self.status is Status.UNKNOWN:
+            new = result
+        elif result is Status.PASSING:
+            new = Status.PASSING if self._passes >= self.successes_before_passing else self.status
+        elif self._failures >= self.failures_before_critical:
+            critical = self._criticals >= self.failures_before_critical
+            new = Status.CRITICAL if critical else Status.WARNING
+        else:
+            new = self.status
+        if new is Status.CRITICAL and self.status is not Status.CRITICAL:
+            self.critical_since = now
+        elif new is not Status.CRITICAL:
+            self.critical_since = None
+        self.status = new
+        return new
+
+    def critical_for(self, now: float) -> float:
+        """Seconds it has been critical without a break; 0 when it is not critical."""
+        return 0.0 if self.critical_since is None else now - self.critical_since
+
+
+# --- the scheduler ---------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Entry:
+    """What the scheduler knows of one service. Replaced whole when its check url changes,
+    so a probe still running against the old url finds itself orphaned and is dropped."""
+
+    spec: CheckSpec
+    tracker: StatusTracker
+    generation: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class HealthScheduler:
+    """Runs every registered service's check on a fixed-rate schedule.
+
+    One loop pops due services off a heap of (due, generation, id). A heap entry whose
+    generation no longer matches the service's (removed, or rescheduled after its check
+    changed) is stale and skipped, so nothing has to be searched out of the heap. The
+    registry listener only edits this schedule; all I/O happens in the loop's check tasks.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        session_factory: ClientSessionFactory | None = None,
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._concurrency = concurrency
+        self._session_factory = session_factory or partial(_default_session, concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._generation = 0
+        self._loop_task: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Task[None]] = set()
+        self._waker: asyncio.Future[None] | None = None
+        self._wake_at = 0.0
+        self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self._running = False
+        self._listening = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the session, schedule every registered service and start the loop."""
+        if self._loop_task is not None:
+            raise RuntimeError("health scheduler already started")
+        self._session = self._session_factory()
+        self._running = True
+        if not self._listening:
+            self._registry.add_listener(self._on_change)
+            self._listening = True
+        for record in self._registry.records():
+            self._on_change(None, record)
+        self._loop_task = asyncio.create_task(self._run(), name="health-scheduler")
+        log.info("health_scheduler_started", services=len(self._entries))
+
+    async def stop(self) -> None:
+        """Cancel the loop and every running check, wait for them, close the session."""
+        self._running = False
+        tasks = [t for t in (self._loop_task, *self._checks) if t is not None]
+        self._loop_task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._entries.clear()
+        self._heap.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        log.info("health_scheduler_stopped")
+
+    # --- what the benchmark and tests read -----------------------------------------------
+
+    def lag_samples(self) -> list[float]:
+        """The most recent check lags (start time minus due time), in seconds."""
+        return list(self._lags)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- the schedule --------------------------------------------------------------------
+
+    def _on_change(self, old: Record | None, new: Record | None) -> None:
+        """The registry listener: synchronous, so it only edits the schedule."""
+        if not self._running:
+            return  # stopped: the registry has no way to remove a listener
+        service_id = new.id if new is not None else old.id  # type: ignore[union-attr]
+        spec = new.registration.check if new is not None else None
+        entry = self._entries.get(service_id)
+        if spec is None:
+            self._entries.pop(service_id, None)
+            return
+        if entry is not None and entry.spec == spec:
+            return  # only its status or registration moved: the schedule stands
+        assert new is not None
+        if entry is None or entry.spec.url != spec.url:
+            # New, or a new url: the registry reset its status, so the thresholds restart.
+            now = asyncio.get_running_loop().time()
+            tracker = StatusTracker(
+                spec.failures_before_critical,
+                spec.successes_before_passing,
+                status=new.status,
+                critical_since=now if new.status is Status.CRITICAL else None,
+            )
+            entry = self._entries[service_id] = _Entry(spec, tracker)
+        else:
+            entry.spec = spec
+            entry.tracker.failures_before_critical = spec.failures_before_critical
+            entry.tracker.successes_before_passing = spec.successes_before_passing
+        self._generation += 1
+        entry.generation = self._generation
+        # Jitter over one interval, so services registered together do not fire together.
+        due = asyncio.get_running_loop().time() + random.random() * spec.interval
+        heapq.heappush(self._heap, (due, entry.generation, service_id))
+        if self._waker is not None and due < self._wake_at:
+            _resolve(self._waker)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        while True:
+            now = loop.time()
+            while heap and heap[0][0] <= now:
+                due, generation, service_id = heapq.heappop(heap)
+                entry = self._entries.get(service_id)
+                if entry is None or entry.generation != generation:
+                    continue
+                # Fixed rate; after a stall, skip the missed rounds instead of bursting them.
+                interval = entry.spec.interval
+                next_due = due + ((now - due) // interval + 1) * interval
+                heapq.heappush(heap, (next_due, generation, service_id))
+                if entry.task is not None:
+                    log.debug("check_skipped", service_id=service_id, reason="still running")
+                    continue
+                await self._slots.acquire()
+                if self._entries.get(service_id) is not entry or entry.generation != generation:
+                    self._slots.release()  # removed or rescheduled while waiting for a slot
+                    continue
+                task = asyncio.create_task(self._check(service_id, entry, due))
+                entry.task = task
+                self._checks.add(task)
+                task.add_done_callback(partial(self._check_done, entry))
+            await self._sleep_until(heap[0][0] if heap else None)
+
+    async def _sleep_until(self, when: float | None) -> None:
+        """Sleep until `when` (forever if None) or until the listener adds an earlier due."""
+        loop = asyncio.get_running_loop()
+        self._waker = waker = loop.create_future()
+        self._wake_at = float("inf") if when is None else when
+        handle = None if when is None else loop.call_at(when, _resolve, waker)
+        try:
+            await waker
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._waker = None
+
+    def _check_done(self, entry: _Entry, task: asyncio.Task[None]) -> None:
+        # A done callback, not a `finally`: it runs even for a task cancelled before it began.
+        self._checks.discard(task)
+        self._slots.release()
+        if entry.task is task:
+            entry.task = None
+
+    # --- one check -----------------------------------------------------------------------
+
+    async def _check(self, service_id: str, entry: _Entry, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        lag = max(0.0, loop.time() - due)
+        self._lags.append(lag)
+        self._metrics.check_lag_seconds.observe(lag)
+        spec = entry.spec
+        assert self._session is not None
+        self._metrics.checks_in_flight.inc()
+        try:
+            result = await probe_http(self._session, spec.url, spec.timeout)
+        finally:
+            self._metrics.checks_in_flight.dec()
+        self._metrics.checks.labels(result.status.value).inc()
+        self._metrics.check_seconds.observe(result.duration_ms / 1000)
+        if self._entries.get(service_id) is not entry:
+            return  # removed, or its url changed, while the probe ran
+        now = loop.time()
+        status = entry.tracker.observe(result.status, now)
+        try:
+            record = await self._registry.record_check(service_id, spec.url, status, result)
+            deregister_after = entry.spec.deregister_after
+            if (
+                record is not None
+                and deregister_after > 0
+                and entry.tracker.critical_for(now) >= deregister_after
+            ):
+                await self._registry.delete(service_id, event="service_reaped")
+        except Exception:
+            # A store failure must not end health checking; the next round tries again,
+            # because the registry compares the status against its own, not ours.
+            log.exception("check_record_failed", service_id=service_id)
+
+
+def _resolve(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)
+
+
+def _default_session(concurrency: int) -> aiohttp.ClientSession:
+    """One session for every check: pooled keep-alive connections, cached DNS, no cookies
+    (one service's cookie must never reach another), and no session-wide timeout (each
+    probe brings its own)."""
+    connector = aiohttp.TCPConnector(
+        limit=concurrency,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ttl_dns_cache=DNS_CACHE_SECONDS,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        headers={"User-Agent": USER_AGENT},
+    )

@@ -1,0 +1,110 @@
+"""The sidecar's owner: starts every part, and stops them in order on a signal.
+
+Start: serve HTTP, start the sync loop (register) and the file watcher. Stop (SIGTERM or
+SIGINT): stop watching, stop the sync loop, deregister (bounded), stop serving, exit 0 —
+all within 5 s. A second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from master.logs import configure_logging
+from sidecar.checks import SharedCheck, build_check
+from sidecar.config import Config
+from sidecar.server import Sidecar, build_server
+from sidecar.sync import Syncer
+from sidecar.watch import ConfigWatcher
+
+log = structlog.get_logger("sidecar")
+
+DEREGISTER_BUDGET: Final = 3.0  # of the 5 s a stop may take
+EXIT_CONFIG: Final = 2
+
+
+def run(config_path: str | Path, config: Config, log_format: str | None) -> int:
+    configure_logging(log_format)
+    return asyncio.run(serve(Path(config_path), config))
+
+
+async def serve(path: Path, config: Config) -> int:
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=60),
+        auto_decompress=True,
+    )
+    syncer = Syncer(config, session)
+    check = SharedCheck(build_check(config.check, session))
+
+    def on_config(new: Config) -> None:
+        nonlocal check
+        if new.check != syncer.config.check:
+            check = SharedCheck(build_check(new.check, session))
+            sidecar.check = check
+        syncer.update_config(new)
+
+    watcher = ConfigWatcher(path, config, on_config)
+    sidecar = Sidecar(str(path), syncer, check, watcher)
+    runner = web.AppRunner(build_server(sidecar), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    listen = config.sidecar
+    site = web.TCPSite(runner, listen.listen_host, listen.listen_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("listen_failed", listen=f"{listen.listen_host}:{listen.listen_port}",
+                  reason=exc.strerror)
+        await runner.cleanup()
+        await session.close()
+        return EXIT_CONFIG
+    log.info("sidecar_started", listen=_bound(site), service_id=config.service.id,
+             master_urls=list(config.master.urls), pid=os.getpid())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
+
+    syncer.start()
+    watcher.start()
+    await stop.wait()
+
+    await watcher.stop()
+    await syncer.stop()
+    current = syncer.config
+    if current.sidecar.deregister_on_exit and not syncer.state.drained:
+        try:
+            async with asyncio.timeout(DEREGISTER_BUDGET):
+                await syncer.deregister()
+        except TimeoutError:
+            log.warning("deregister_failed", service_id=current.service.id,
+                        reason=f"no answer within {DEREGISTER_BUDGET:g}s")
+    await runner.cleanup()
+    await session.close()
+    log.info("sidecar_stopped", service_id=current.service.id)
+    return 0
+
+
+def _bound(site: web.TCPSite) -> str:
+    server = site._server  # the asyncio server: with port 0, the real port is only here
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        host, port = sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+    return site.name
