@@ -122,9 +122,13 @@ async def index_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/metrics", "/"})
+"""Probes and the dashboard's static page need no token; the page holds no data."""
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in ("/healthz", "/metrics") or request.method == "OPTIONS":
+    if request.path in PUBLIC_PATHS or request.path.startswith("/dashboard/"):
         return await handler(request)
     if not request.app[AUTH].allows(request.method, request.headers.get("Authorization")):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")

@@ -203,7 +203,6 @@ class HealthScheduler:
     ) -> None:
         self._registry = registry
         self._metrics = metrics
-        self._concurrency = concurrency
         self._session_factory = session_factory or partial(_default_session, concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(concurrency)
@@ -216,7 +215,7 @@ class HealthScheduler:
         self._wake_at = 0.0
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
         self._running = False
-        self._listening = False
+        registry.add_listener(self._on_change)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -226,9 +225,6 @@ class HealthScheduler:
             raise RuntimeError("health scheduler already started")
         self._session = self._session_factory()
         self._running = True
-        if not self._listening:
-            self._registry.add_listener(self._on_change)
-            self._listening = True
         for record in self._registry.records():
             self._on_change(None, record)
         self._loop_task = asyncio.create_task(self._run(), name="health-scheduler")
@@ -255,27 +251,24 @@ class HealthScheduler:
         """The most recent check lags (start time minus due time), in seconds."""
         return list(self._lags)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     # --- the schedule --------------------------------------------------------------------
 
     def _on_change(self, old: Record | None, new: Record | None) -> None:
         """The registry listener: synchronous, so it only edits the schedule."""
-        if not self._running:
+        record = new or old
+        if not self._running or record is None:
             return  # stopped: the registry has no way to remove a listener
-        service_id = new.id if new is not None else old.id  # type: ignore[union-attr]
+        service_id = record.id
         spec = new.registration.check if new is not None else None
         entry = self._entries.get(service_id)
-        if spec is None:
+        if new is None or spec is None:
             self._entries.pop(service_id, None)
             return
         if entry is not None and entry.spec == spec:
             return  # only its status or registration moved: the schedule stands
-        assert new is not None
+        now = asyncio.get_running_loop().time()
         if entry is None or entry.spec.url != spec.url:
             # New, or a new url: the registry reset its status, so the thresholds restart.
-            now = asyncio.get_running_loop().time()
             tracker = StatusTracker(
                 spec.failures_before_critical,
                 spec.successes_before_passing,
@@ -290,7 +283,7 @@ class HealthScheduler:
         self._generation += 1
         entry.generation = self._generation
         # Jitter over one interval, so services registered together do not fire together.
-        due = asyncio.get_running_loop().time() + random.random() * spec.interval
+        due = now + random.random() * spec.interval
         heapq.heappush(self._heap, (due, entry.generation, service_id))
         if self._waker is not None and due < self._wake_at:
             _resolve(self._waker)
@@ -305,10 +298,9 @@ class HealthScheduler:
                 entry = self._entries.get(service_id)
                 if entry is None or entry.generation != generation:
                     continue
-                # Fixed rate; after a stall, skip the missed rounds instead of bursting them.
-                interval = entry.spec.interval
-                next_due = due + ((now - due) // interval + 1) * interval
-                heapq.heappush(heap, (next_due, generation, service_id))
+                heapq.heappush(
+                    heap, (next_due(due, entry.spec.interval, now), generation, service_id)
+                )
                 if entry.task is not None:
                     log.debug("check_skipped", service_id=service_id, reason="still running")
                     continue
@@ -375,6 +367,12 @@ class HealthScheduler:
             # A store failure must not end health checking; the next round tries again,
             # because the registry compares the status against its own, not ours.
             log.exception("check_record_failed", service_id=service_id)
+
+
+def next_due(due: float, interval: float, now: float) -> float:
+    """Fixed rate: one interval after `due`; after a stall, skip the missed rounds (keeping
+    the phase) instead of running them all at once."""
+    return due + ((now - due) // interval + 1) * interval
 
 
 def _resolve(waker: asyncio.Future[None]) -> None:

@@ -101,7 +101,7 @@ def check_host_port(value: object, field: str, *, allow_zero: bool = False) -> t
     elif ":" in host:
         raise FieldError(field, f"an IPv6 address needs brackets, like [::1]:9501, got {text!r}")
     if not sep or not host or not _PORT_RE.fullmatch(port_text) or any(c.isspace() for c in host):
-        raise FieldError(field, f"must be HOST:PORT, like 0.0.0.0:9501, got {text!r}")
+        raise FieldError(field, f"must be HOST:PORT, like 10.0.0.5:8080, got {text!r}")
     port, low = int(port_text), 0 if allow_zero else 1
     if not low <= port <= 65535:
         raise FieldError(field, f"port must be {low}..65535, got {port}")
@@ -147,10 +147,9 @@ class Document:
         """The key is written in the file (even as null)."""
         return path in self._values
 
-    def get(self, path: str, default: Any = None) -> Any:
-        """The value at `path`; `default` when absent or null (null means "the default")."""
-        value = self._values.get(path)
-        return default if value is None else value
+    def get(self, path: str) -> Any:
+        """The value at `path`; None when absent or null (null means "the default")."""
+        return self._values.get(path)
 
     def line_of(self, path: str) -> int | None:
         """The line of `path`, or of its nearest written ancestor (`meta key` -> `meta`)."""
@@ -166,6 +165,10 @@ class Document:
         )
         if path:
             self._broken.add(path)
+
+    def add(self, problem: Problem) -> None:
+        """Record a problem that is not at a place in the file (an environment variable)."""
+        self._problems.append(problem)
 
     def field_error(self, exc: FieldError) -> None:
         """Record a master.model FieldError at the line of the field it names."""
@@ -194,7 +197,7 @@ class Document:
         value = self.get(path)
         if value is None:
             if required:
-                self.problem(path, "is required")
+                self.problem(path, "needs a value" if self.has(path) else "is required")
             return None
         try:
             return validate(value, path, *args)
@@ -256,7 +259,9 @@ def parse_document(text: str, file: str, environ: Mapping[str, str]) -> Document
     except yaml.YAMLError as exc:  # unmarked errors, e.g. a control character in the text
         raise ConfigError([Problem(file, None, "", f"YAML error: {exc}")]) from None
     if root is None:
-        raise ConfigError([Problem(file, None, "", "the file is empty; expected a mapping")])
+        raise ConfigError(
+            [Problem(file, None, "", "the file is empty (or all comments); expected settings")]
+        )
     if not isinstance(root, MappingNode):
         kind = "a list" if isinstance(root, SequenceNode) else "a single value"
         message = f"the top level must be a mapping (key: value), got {kind}"
@@ -296,6 +301,11 @@ def _syntax_problems(exc: yaml.MarkedYAMLError, text: str, file: str) -> list[Pr
         if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
             message += f", {exc.context} started on line {exc.context_mark.line + 1}"
         message += ")"
+        if "${" in "".join(text.splitlines()[mark.line : mark.line + 1]) and "flow" in str(
+            exc.context
+        ):
+            # `{port: ${PORT}}`: inside [ ] or { } a plain value cannot hold braces.
+            message += "; inside [ ] or { }, quote values that use ${...}"
     return [Problem(file, mark.line + 1 if mark else None, "", message)]
 
 

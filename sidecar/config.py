@@ -1,8 +1,81 @@
-"""The sidecar's YAML description, parsed once into frozen, typed objects."""
+"""The sidecar's YAML description, parsed once into frozen, typed objects.
+
+`load_config` is the one way in: `picoapi-sidecar check`, start-up and every reload run it.
+It reports every problem of a file at once (`svc.yaml:7: service.port: must be 1..65535,
+got 70000`), and a file it accepts always yields a registration the master accepts, because
+each field goes through the same master.model checks the master runs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from master.model import (
+    ADDRESS_MAX,
+    DEFAULT_INTERVAL,
+    DEFAULT_TIMEOUT,
+    DEREGISTER_AFTER_MAX,
+    ID_MAX,
+    INTERVAL_MAX,
+    INTERVAL_MIN,
+    THRESHOLD_MAX,
+    CheckSpec,
+    FieldError,
+    Registration,
+    check_id,
+    check_int,
+    check_meta,
+    check_name,
+    check_tags,
+    check_text,
+    check_url,
+    format_duration,
+    parse_duration,
+    parse_registration,
+)
+from master.yamlfile import (
+    ConfigError,
+    Document,
+    Problem,
+    check_bool,
+    check_host_port,
+    join_host_port,
+    load_document,
+    type_name,
+)
+
+DEFAULT_MASTER_URL: Final = "http://127.0.0.1:9500"
+DEFAULT_LISTEN: Final = ("0.0.0.0", 9501)
+DEFAULT_RESYNC: Final = 30.0
+DEFAULT_DEREGISTER_AFTER: Final = 600.0
+LOOPBACK: Final = "127.0.0.1"
+ARG_MAX: Final = 4096
+# Routed nowhere: "connecting" a UDP socket to it sends nothing but picks the source
+# address of the default route, which is this host's primary address.
+_PROBE_ADDRESS: Final = ("10.255.255.255", 1)
+_WILDCARDS: Final = ("0.0.0.0", "::", "")
+_ID_BAD_CHARS: Final = re.compile(r"[^A-Za-z0-9._:@-]+")
+
+_TOP_KEYS: Final = ("service", "check", "master", "sidecar")
+_SERVICE_KEYS: Final = ("name", "id", "address", "port", "scheme", "tags", "meta", "openapi")
+_PROBE_KINDS: Final = ("http", "tcp", "process", "exec")
+_CHECK_KEYS: Final = (
+    *_PROBE_KINDS,
+    "interval",
+    "timeout",
+    "failures_before_critical",
+    "successes_before_passing",
+    "deregister_after",
+)
+_PROCESS_KEYS: Final = ("pidfile", "name", "cmdline")
+_MASTER_KEYS: Final = ("url", "token", "token_file")
+_SIDECAR_KEYS: Final = ("listen", "advertise", "resync", "deregister_on_exit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +111,431 @@ Probe = HttpCheck | TcpCheck | ProcessCheck | ExecCheck
 @dataclass(frozen=True, slots=True)
 class CheckConfig:
     probe: Probe
-    interval: float = 10.0
-    timeout: float = 2.0
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
     failures_before_critical: int = 1
     successes_before_passing: int = 1
-    deregister_after: float = 600.0
+    deregister_after: float = DEFAULT_DEREGISTER_AFTER
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The service as the master will list it. `openapi` is an absolute URL (a path in the
+    YAML is resolved against the service on 127.0.0.1), or None."""
+
+    name: str
+    id: str
+    address: str
+    port: int
+    scheme: str = "http"
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    openapi: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MasterConfig:
+    """Where to register: URLs tried in order (no trailing slash), and the bearer token."""
+
+    urls: tuple[str, ...] = (DEFAULT_MASTER_URL,)
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    """The sidecar's own HTTP side; `advertise` is the HOST:PORT the master checks."""
+
+    listen_host: str
+    listen_port: int
+    advertise: str
+    resync: float = DEFAULT_RESYNC
+    deregister_on_exit: bool = True
+
+    @property
+    def listen(self) -> str:
+        return join_host_port(self.listen_host, self.listen_port)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    service: ServiceConfig
+    check: CheckConfig
+    master: MasterConfig
+    sidecar: SidecarSettings
+
+    def registration(self) -> Registration:
+        """What the master should hold: it checks this sidecar's /health, which runs the
+        probe, so the check URL is the advertised address and not the service's."""
+        service, check = self.service, self.check
+        return Registration(
+            id=service.id,
+            name=service.name,
+            address=service.address,
+            port=service.port,
+            scheme=service.scheme,
+            tags=service.tags,
+            meta=service.meta,
+            check=CheckSpec(
+                url=f"http://{self.sidecar.advertise}/health",
+                interval=check.interval,
+                timeout=check.timeout,
+                failures_before_critical=check.failures_before_critical,
+                successes_before_passing=check.successes_before_passing,
+                deregister_after=check.deregister_after,
+            ),
+        )
+
+
+def registration_json(config: Config, openapi: dict[str, Any] | None) -> dict[str, Any]:
+    """The body PUT to the master; without `openapi` the master keeps the stored document."""
+    body = config.registration().to_json()
+    if openapi is not None:
+        body["openapi"] = openapi
+    return body
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand, validate and freeze a service file; ConfigError lists every problem."""
+    env = os.environ if environ is None else environ
+    doc = load_document(path, env)
+    config = _Reader(doc, env, Path(path)).read()
+    doc.raise_for_problems()
+    _check_wire_format(doc, config)
+    return config
+
+
+def default_id(name: str) -> str:
+    """`<name>-<hostname>`, the hostname made to fit the id pattern and length."""
+    host = _ID_BAD_CHARS.sub("-", socket.gethostname()).strip("-._:@")
+    host = host[: ID_MAX - len(name) - 1].rstrip("-._:@")
+    return f"{name}-{host}" if host else name
+
+
+def primary_address() -> str:
+    """The source address of this host's default route; 127.0.0.1 with no network."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(_PROBE_ADDRESS)
+        except OSError:
+            return LOOPBACK
+        address = str(sock.getsockname()[0])
+    return LOOPBACK if address == "0.0.0.0" else address
+
+
+class _Reader:
+    """Reads the four sections off a Document. A bad field is recorded in the document
+    and replaced by a placeholder so the remaining fields still get checked; the caller
+    raises before any placeholder can escape."""
+
+    def __init__(self, doc: Document, environ: Mapping[str, str], path: Path) -> None:
+        self.doc = doc
+        self.env = environ
+        self.path = path
+
+    def read(self) -> Config:
+        self.doc.section("", _TOP_KEYS)
+        service = self.service()
+        sidecar = self.sidecar(service.address)
+        return Config(
+            path=self.path,
+            service=service,
+            check=self.check(service),
+            master=self.master(),
+            sidecar=sidecar,
+        )
+
+    # --- service ---------------------------------------------------------------------
+
+    def service(self) -> ServiceConfig:
+        doc = self.doc
+        doc.section("service", _SERVICE_KEYS, required=True)
+        name = doc.check("service.name", check_name, required=True) or "invalid"
+        port = doc.check("service.port", check_int, 1, 65535, required=True) or 1
+        scheme = doc.check("service.scheme", _check_scheme) or "http"
+        openapi = doc.check("service.openapi", _check_url_or_path)
+        return ServiceConfig(
+            name=name,
+            id=doc.check("service.id", check_id) or default_id(name),
+            address=doc.check("service.address", _check_host) or self.default_address(),
+            port=port,
+            scheme=scheme,
+            tags=doc.check("service.tags", check_tags) or (),
+            meta=doc.check("service.meta", check_meta) or {},
+            openapi=openapi and _resolve(openapi, scheme, port),
+        )
+
+    def default_address(self) -> str:
+        pod_ip = self.env.get("POD_IP")
+        if not pod_ip:
+            return primary_address()
+        try:
+            return _check_host(pod_ip, "POD_IP")
+        except FieldError as exc:
+            self.doc.add(Problem(self.doc.file, None, "POD_IP", exc.message))
+            return LOOPBACK
+
+    # --- check -----------------------------------------------------------------------
+
+    def check(self, service: ServiceConfig) -> CheckConfig:
+        doc = self.doc
+        if not doc.section("check", _CHECK_KEYS):
+            return CheckConfig(probe=TcpCheck(LOOPBACK, service.port))
+        interval = doc.check("check.interval", parse_duration)
+        if interval is not None and not INTERVAL_MIN <= interval <= INTERVAL_MAX:
+            doc.problem("check.interval", f"must be 1s..1h, got {format_duration(interval)}")
+        interval = interval or DEFAULT_INTERVAL
+        timeout = doc.check("check.timeout", parse_duration)
+        if timeout is not None and not 0 < timeout < interval:
+            doc.problem(
+                "check.timeout",
+                f"must be above 0 and below interval ({format_duration(interval)}), "
+                f"got {format_duration(timeout)}",
+            )
+        after = doc.check("check.deregister_after", parse_duration)
+        if after is not None and after > DEREGISTER_AFTER_MAX:
+            doc.problem(
+                "check.deregister_after", f"must be at most 168h, got {format_duration(after)}"
+            )
+        return CheckConfig(
+            probe=self.probe(service),
+            interval=interval,
+            timeout=timeout or min(DEFAULT_TIMEOUT, interval / 2),
+            failures_before_critical=doc.check(
+                "check.failures_before_critical", check_int, 1, THRESHOLD_MAX
+            )
+            or 1,
+            successes_before_passing=doc.check(
+                "check.successes_before_passing", check_int, 1, THRESHOLD_MAX
+            )
+            or 1,
+            deregister_after=DEFAULT_DEREGISTER_AFTER if after is None else after,
+        )
+
+    def probe(self, service: ServiceConfig) -> Probe:
+        doc = self.doc
+        kinds = [kind for kind in _PROBE_KINDS if doc.has(f"check.{kind}")]
+        placeholder = TcpCheck(LOOPBACK, service.port)
+        if not kinds:
+            doc.problem(
+                "check",
+                "needs one of http, tcp, process or exec (or leave check: out for a tcp "
+                "connect to service.port)",
+            )
+            return placeholder
+        if len(kinds) > 1:
+            later = f"check.{kinds[1]}"
+            doc.problem(
+                "check",
+                f"has both {kinds[0]} and {kinds[1]}; a check has exactly one of "
+                "http, tcp, process or exec",
+                line=doc.line_of(later),
+            )
+            return placeholder
+        kind = kinds[0]
+        path = f"check.{kind}"
+        if kind == "http":
+            url = doc.check(path, _check_url_or_path, required=True)
+            return HttpCheck(_resolve(url, service.scheme, service.port)) if url else placeholder
+        if kind == "tcp":
+            target = doc.check(path, _check_tcp_target, required=True)
+            return TcpCheck(*target) if isinstance(target, tuple) else placeholder
+        if kind == "exec":
+            argv = doc.check(path, _check_argv, required=True)
+            return ExecCheck(argv) if argv else placeholder
+        return self.process() or placeholder
+
+    def process(self) -> ProcessCheck | None:
+        doc = self.doc
+        if not doc.section("check.process", _PROCESS_KEYS, required=True):
+            return None
+        given = [key for key in _PROCESS_KEYS if doc.has(f"check.process.{key}")]
+        if len(given) != 1:
+            doc.problem(
+                "check.process",
+                "needs exactly one of pidfile, name or cmdline, got "
+                + (" and ".join(given) if given else "none"),
+                line=doc.line_of(f"check.process.{given[1]}") if len(given) > 1 else None,
+            )
+            return None
+        key = given[0]
+        value = doc.check(f"check.process.{key}", check_text, ARG_MAX, required=True)
+        if value is None:
+            return None
+        if key == "pidfile":  # relative to the service file, like every path in it
+            value = str(self.path.parent / value)
+        return ProcessCheck(**{key: value})
+
+    # --- master ----------------------------------------------------------------------
+
+    def master(self) -> MasterConfig:
+        doc = self.doc
+        doc.section("master", _MASTER_KEYS)
+        urls = doc.check("master.url", _check_urls)
+        if urls is None:
+            urls = self.env_master_urls()
+        if doc.has("master.token") and doc.has("master.token_file"):
+            doc.problem("master.token_file", "give token or token_file, not both")
+            return MasterConfig(urls)
+        token = doc.check("master.token", _check_token)
+        file = doc.check("master.token_file", check_text, 4096)
+        if file is not None:
+            token = self.read_token(file)
+        return MasterConfig(urls, token)
+
+    def env_master_urls(self) -> tuple[str, ...]:
+        """PICOAPI_MASTER_URL, several separated by commas, since a variable is no list."""
+        text = self.env.get("PICOAPI_MASTER_URL", "").strip()
+        if not text:
+            return (DEFAULT_MASTER_URL,)
+        try:
+            parts = [part.strip() for part in text.split(",")]
+            return _check_urls(parts if len(parts) > 1 else parts[0], "PICOAPI_MASTER_URL")
+        except FieldError as exc:
+            self.doc.add(Problem(self.doc.file, None, exc.field, exc.message))
+            return (DEFAULT_MASTER_URL,)
+
+    def read_token(self, file: str) -> str | None:
+        path = self.path.parent / file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.doc.problem("master.token_file", f"cannot read {str(path)!r}: {exc.strerror}")
+            return None
+        except UnicodeDecodeError:
+            self.doc.problem("master.token_file", f"{str(path)!r} is not UTF-8 text")
+            return None
+        if not token:
+            self.doc.problem("master.token_file", f"{str(path)!r} is empty")
+            return None
+        if any(c.isspace() for c in token):
+            self.doc.problem("master.token_file", f"{str(path)!r}: the token holds a space")
+            return None
+        return token
+
+    # --- sidecar ---------------------------------------------------------------------
+
+    def sidecar(self, address: str) -> SidecarSettings:
+        doc = self.doc
+        doc.section("sidecar", _SIDECAR_KEYS)
+        host, port = doc.check("sidecar.listen", _check_listen) or DEFAULT_LISTEN
+        advertise = doc.check("sidecar.advertise", _check_advertise, port)
+        resync = doc.check("sidecar.resync", parse_duration)
+        if resync is not None and not INTERVAL_MIN <= resync <= INTERVAL_MAX:
+            doc.problem("sidecar.resync", f"must be 1s..1h, got {format_duration(resync)}")
+        on_exit = doc.check("sidecar.deregister_on_exit", check_bool)
+        if advertise is None:
+            # Bound to one address, the sidecar is reachable only there; bound to all, at
+            # the service's address.
+            advertise = join_host_port(address if host in _WILDCARDS else host, port)
+        return SidecarSettings(
+            listen_host=host,
+            listen_port=port,
+            advertise=advertise,
+            resync=resync or DEFAULT_RESYNC,
+            deregister_on_exit=True if on_exit is None else on_exit,
+        )
+
+
+# --- field checks: master.model's shape, (value, field, ...) -> value or FieldError ------
+
+
+def _check_scheme(value: object, field: str) -> str:
+    if value not in ("http", "https"):
+        raise FieldError(field, f"must be http or https, got {value!r}")
+    return str(value)
+
+
+def _check_listen(value: object, field: str) -> tuple[str, int]:
+    """Port 0 asks the kernel for a free port (tests run real sidecars that way)."""
+    return check_host_port(value, field, allow_zero=True)
+
+
+def _check_token(value: object, field: str) -> str:
+    token = check_text(value, field, 4096)
+    if any(c.isspace() for c in token):
+        raise FieldError(field, "must not contain spaces")
+    return token
+
+
+def _check_host(value: object, field: str) -> str:
+    """A host name or IP address, as the master will show it to clients."""
+    host = check_text(value, field, ADDRESS_MAX)
+    if "/" in host or any(c.isspace() for c in host):
+        raise FieldError(field, f"must be a host name or IP address, got {host!r}")
+    return host
+
+
+def _check_url_or_path(value: object, field: str) -> str:
+    text = check_text(value, field, 2048)
+    if text.startswith("/"):
+        return text
+    if "://" not in text:
+        raise FieldError(
+            field, f"must be a path starting with / or an http(s):// URL, got {text!r}"
+        )
+    return check_url(text, field)
+
+
+def _resolve(url_or_path: str, scheme: str, port: int) -> str:
+    """A path means the service itself, reached over loopback as the sidecar sits beside it."""
+    if url_or_path.startswith("/"):
+        return f"{scheme}://{LOOPBACK}:{port}{url_or_path}"
+    return url_or_path
+
+
+def _check_tcp_target(value: object, field: str) -> tuple[str, int] | bool:
+    if value is True:
+        return True
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be true or HOST:PORT, got {type_name(value)}")
+    return check_host_port(value, field)
+
+
+def _check_argv(value: object, field: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise FieldError(
+            field,
+            "must be a list of arguments like [/usr/bin/pg_isready, -q], not a string: "
+            "no shell runs it",
+        )
+    if not isinstance(value, list):
+        raise FieldError(field, f"must be a list of arguments, got {type_name(value)}")
+    if not value:
+        raise FieldError(field, "must name a program to run")
+    return tuple(check_text(arg, f"{field}[{i}]", ARG_MAX) for i, arg in enumerate(value))
+
+
+def _check_urls(value: object, field: str) -> tuple[str, ...]:
+    """One URL or a list of them, tried in order; kept without a trailing slash."""
+    if not isinstance(value, list):
+        return (check_url(value, field).rstrip("/"),)
+    if not value:
+        raise FieldError(field, "must name at least one URL")
+    return tuple(check_url(item, f"{field}[{i}]").rstrip("/") for i, item in enumerate(value))
+
+
+def _check_advertise(value: object, field: str, listen_port: int) -> str:
+    """HOST:PORT, or just HOST to reuse the listen port."""
+    text = check_text(value, field, ADDRESS_MAX + 8)
+    if ":" not in text:
+        return join_host_port(_check_host(text, field), listen_port)
+    return join_host_port(*check_host_port(text, field))
+
+
+# --- the guarantee --------------------------------------------------------------------
+
+
+def _check_wire_format(doc: Document, config: Config) -> None:
+    """Run the master's own parser over what we would send. Each field has been checked
+    already, so this only fires if the two ever drift; it then still names a YAML line."""
+    try:
+        parse_registration(registration_json(config, None))
+    except FieldError as exc:
+        if exc.field.startswith("check.url"):
+            path = "sidecar.advertise"
+        elif exc.field.startswith("check"):
+            path = exc.field
+        else:
+            path = f"service.{exc.field}"
+        raise ConfigError([Problem(doc.file, doc.line_of(path), path, exc.message)]) from None

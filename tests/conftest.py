@@ -48,15 +48,11 @@ class Daemon:
                 events.append(event)
         return events
 
-    def wait_for_event(
-        self, name: str, timeout: float = 10.0, **fields: Any
-    ) -> dict[str, Any]:
+    def wait_for_event(self, name: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in self.events():
-                if event.get("event") == name and all(
-                    event.get(k) == v for k, v in fields.items()
-                ):
+                if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
                     return event
             if self.proc.poll() is not None:
                 raise AssertionError(
@@ -112,8 +108,9 @@ class Master(Daemon):
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
     ) -> Response:
-        return http_request(method, self.url + path, body, raw=raw, headers=headers,
-                            timeout=timeout)
+        return http_request(
+            method, self.url + path, body, raw=raw, headers=headers, timeout=timeout
+        )
 
 
 class Response:
@@ -149,14 +146,19 @@ def http_request(
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, path or "/", body=payload, headers=sent_headers)
         answer = conn.getresponse()
-        return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()},
-                        answer.read())
+        return Response(
+            answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+        )
     finally:
         conn.close()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -172,10 +174,19 @@ def start_master(tmp_path: Path) -> Iterator[Callable[..., Master]]:
     """Start `picoapi-master` processes; every one is stopped at the end of the test."""
     started: list[Master] = []
 
-    def start(*args: str, store: str | None = None, env: dict[str, str] | None = None,
-              wait: bool = True) -> Master:
-        argv = [str(BIN / "picoapi-master"), "--listen", "127.0.0.1:0", "--log-format", "json",
-                "--store", store or f"sqlite:///{tmp_path}/registry.db", *args]
+    def start(
+        *args: str, store: str | None = None, env: dict[str, str] | None = None, wait: bool = True
+    ) -> Master:
+        argv = [
+            str(BIN / "picoapi-master"),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--store",
+            store or f"sqlite:///{tmp_path}/registry.db",
+            *args,
+        ]
         master = Master(argv, tmp_path / f"master-{len(started)}.log", env=env)
         started.append(master)
         return master.start_wait() if wait else master

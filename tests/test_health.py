@@ -6,14 +6,15 @@ import asyncio
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from master.health import HealthScheduler, StatusTracker, probe_http
+from master.health import HealthScheduler, StatusTracker, next_due, probe_http
 from master.metrics import Metrics
 from master.model import OUTPUT_MAX, CheckSpec, Record, Registration, Status
 from master.registry import Registry
@@ -57,7 +58,7 @@ class Target:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def _text(self, code: int, text: str) -> Callable[[web.Request], object]:
+    def _text(self, code: int, text: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             self.hits[request.path] += 1
             return web.Response(status=code, text=text)
@@ -245,6 +246,21 @@ def test_status_tracker_counts_time_critical() -> None:
 # --- the scheduler ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        (100.0, 100.0, 110.0),  # on time
+        (100.0, 109.9, 110.0),  # late within the interval: the next round keeps its slot
+        (100.0, 110.0, 120.0),  # a whole round late: that round is skipped, not doubled
+        (100.0, 135.0, 140.0),  # far behind: skip forward, keep the phase
+    ],
+)
+def test_next_due_is_fixed_rate_and_skips_missed_rounds(
+    due: float, now: float, expected: float
+) -> None:
+    assert next_due(due, 10.0, now) == expected
+
+
 @pytest.fixture
 async def registry() -> Registry:
     reg = Registry(MemoryStore())
@@ -258,6 +274,10 @@ async def scheduler(registry: Registry) -> AsyncIterator[HealthScheduler]:
     await health.start()
     yield health
     await health.stop()
+
+
+def every_second(url: str) -> CheckSpec:
+    return CheckSpec(url=url, interval=1.0, timeout=0.5)
 
 
 async def register(registry: Registry, service_id: str, check: CheckSpec) -> Record:
@@ -277,7 +297,7 @@ async def test_status_changes_move_the_index_confirmations_do_not(
     target: Target, registry: Registry, scheduler: HealthScheduler
 ) -> None:
     # Registered after start: the idle loop must wake for it.
-    await register(registry, "flip", CheckSpec(url=target.url("/code/flip"), interval=1.0))
+    await register(registry, "flip", every_second(target.url("/code/flip")))
     await wait_until(lambda: status_of(registry, "flip") is Status.PASSING)
     index = registry.index
     await wait_until(lambda: target.hits["/code/flip"] >= 2, timeout=3.0)
@@ -295,7 +315,7 @@ async def test_status_changes_move_the_index_confirmations_do_not(
 async def test_thresholds_apply_end_to_end(
     target: Target, registry: Registry, scheduler: HealthScheduler
 ) -> None:
-    spec = CheckSpec(url=target.url("/code/slow"), interval=1.0, failures_before_critical=2)
+    spec = replace(every_second(target.url("/code/slow")), failures_before_critical=2)
     await register(registry, "slow", spec)
     await wait_until(lambda: status_of(registry, "slow") is Status.PASSING)
     target.codes["slow"] = 500
@@ -309,7 +329,7 @@ async def test_thresholds_apply_end_to_end(
 async def test_critical_service_is_reaped_after_deregister_after(
     target: Target, registry: Registry
 ) -> None:
-    spec = CheckSpec(url=target.url("/down"), interval=1.0, deregister_after=0.5)
+    spec = replace(every_second(target.url("/down")), deregister_after=0.5)
     await register(registry, "doomed", spec)  # before start: picked up from the registry
     health = HealthScheduler(registry, Metrics())
     with capture_logs() as logs:
@@ -326,11 +346,12 @@ async def test_critical_service_is_reaped_after_deregister_after(
 async def test_changed_check_url_is_rescheduled_and_old_results_dropped(
     target: Target, registry: Registry, scheduler: HealthScheduler
 ) -> None:
-    await register(registry, "moving", CheckSpec(url=target.url("/hang"), interval=1.0))
+    await register(registry, "moving", every_second(target.url("/hang")))
     await wait_until(lambda: target.hits["/hang"] == 1, timeout=2.0)  # a probe is in flight
     new_url = target.url("/ok")
-    await register(registry, "moving", CheckSpec(url=new_url, interval=1.0))
+    await register(registry, "moving", every_second(new_url))
     assert status_of(registry, "moving") is Status.UNKNOWN
+    index = registry.index
 
     await wait_until(lambda: status_of(registry, "moving") is Status.PASSING, timeout=2.0)
     await asyncio.sleep(0.6)  # past the old probe's timeout: its result must be dropped
@@ -338,6 +359,7 @@ async def test_changed_check_url_is_rescheduled_and_old_results_dropped(
     assert record is not None and record.last_check is not None
     assert record.status is Status.PASSING
     assert record.last_check.http_status == 200
+    assert registry.index == index + 1  # unknown -> passing, never through critical
     assert target.hits["/hang"] == 1
 
 
@@ -349,7 +371,7 @@ async def test_hanging_targets_do_not_delay_fast_ones(target: Target, registry: 
         for i in range(20):
             hang = CheckSpec(url=target.url("/hang"), interval=1.0, timeout=0.9)
             await register(registry, f"hang-{i}", hang)
-            fast = CheckSpec(url=target.url(f"/code/f{i}"), interval=1.0, timeout=0.5)
+            fast = every_second(target.url(f"/code/f{i}"))
             await register(registry, f"fast-{i}", fast)
         await wait_until(
             lambda: all(target.hits[f"/code/f{i}"] >= 3 for i in range(20)), timeout=5.0
@@ -381,3 +403,15 @@ async def test_stop_cancels_hanging_checks_and_closes_its_session(
     assert time.monotonic() - started < 0.5
     assert created and created[0].closed
     assert status_of(registry, "stuck") is Status.UNKNOWN  # the cancelled probe recorded nothing
+
+
+async def test_check_still_running_when_due_again_is_not_started_twice(
+    target: Target, registry: Registry, scheduler: HealthScheduler
+) -> None:
+    # The wire format keeps timeout < interval; built directly, a probe can outlive a round.
+    spec = CheckSpec(url=target.url("/hang"), interval=0.5, timeout=1.6)
+    await register(registry, "overlap", spec)
+    await wait_until(lambda: target.hits["/hang"] == 1, timeout=2.0)
+    await asyncio.sleep(1.2)  # at least two rounds come due while the probe hangs
+    assert target.hits["/hang"] == 1
+    await wait_until(lambda: status_of(registry, "overlap") is Status.CRITICAL, timeout=2.0)

@@ -16,8 +16,12 @@ from tests.conftest import Master
 
 def registration(ident: str = "web-1", **fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "id": ident, "name": "web", "address": "127.0.0.1", "port": 8080,
-        "tags": ["web_crawler", "examplehost.com", "dirty"], "meta": {"team": "data"},
+        "id": ident,
+        "name": "web",
+        "address": "127.0.0.1",
+        "port": 8080,
+        "tags": ["web_crawler", "examplehost.com", "dirty"],
+        "meta": {"team": "data"},
     }
     body.update(fields)
     return body
@@ -52,8 +56,11 @@ def test_every_answer_carries_the_index_header(master: Master) -> None:
 def test_filters_by_tags_name_and_status(master: Master) -> None:
     master.request("PUT", "/v1/services/a", registration("a", tags=["x", "y"]))
     master.request("PUT", "/v1/services/b", registration("b", name="other", tags=["x"]))
-    master.request("PUT", "/v1/services/c", registration(
-        "c", tags=["y"], check={"url": "http://127.0.0.1:1/health", "interval": "1h"}))
+    master.request(
+        "PUT",
+        "/v1/services/c",
+        registration("c", tags=["y"], check={"url": "http://127.0.0.1:1/health", "interval": "1h"}),
+    )
 
     def ids(query: str) -> list[str]:
         return [s["id"] for s in master.request("GET", f"/v1/services?{query}").json()["services"]]
@@ -147,7 +154,8 @@ def test_blocking_query_not_woken_by_identical_put(master: Master) -> None:
         async with aiohttp.ClientSession() as session:
             started = time.monotonic()
             waiter = asyncio.ensure_future(
-                session.get(f"{master.url}/v1/services?index={index}&wait=1500ms"))
+                session.get(f"{master.url}/v1/services?index={index}&wait=1500ms")
+            )
             await asyncio.sleep(0.2)
             await asyncio.to_thread(master.request, "PUT", "/v1/services/a", registration("a"))
             await waiter
@@ -166,11 +174,13 @@ def test_every_acknowledged_write_survives_sigkill(start_master: Any, tmp_path: 
     async def register_many() -> list[str]:
         acked: list[str] = []
         async with aiohttp.ClientSession() as session:
+
             async def one(i: int) -> None:
                 body = registration(f"svc-{i}", tags=[f"t{i % 7}"])
                 async with session.put(f"{master.url}/v1/services/svc-{i}", json=body) as r:
                     if r.status == 200:
                         acked.append(f"svc-{i}")
+
             for batch in range(0, 600, 100):
                 await asyncio.gather(*(one(i) for i in range(batch, batch + 100)))
         return acked
@@ -198,12 +208,22 @@ def test_bad_flag_exits_2_with_reason(tmp_path: Path) -> None:
     import sys
 
     binary = Path(sys.executable).parent / "picoapi-master"
-    done = subprocess.run([str(binary), "--listen", "nowhere"], capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+    done = subprocess.run(
+        [str(binary), "--listen", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert "listen" in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run([str(binary), "--store", "mongo://x"], capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+    done = subprocess.run(
+        [str(binary), "--store", "mongo://x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and "mongo" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -217,11 +237,11 @@ def test_tokens_missing_wrong_right_and_rotated(start_master: Any, tmp_path: Pat
     body = registration("a")
     missing = master.request("PUT", "/v1/services/a", body)
     assert missing.status == 401 and missing.json()["error"]["code"] == "unauthorized"
-    wrong = master.request("PUT", "/v1/services/a", body,
-                           headers={"Authorization": "Bearer nope"})
+    wrong = master.request("PUT", "/v1/services/a", body, headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401
-    right = master.request("PUT", "/v1/services/a", body,
-                           headers={"Authorization": "Bearer old-token"})
+    right = master.request(
+        "PUT", "/v1/services/a", body, headers={"Authorization": "Bearer old-token"}
+    )
     assert right.status == 200
     assert master.request("GET", "/v1/services").status == 200  # reads stay open
     assert master.request("DELETE", "/v1/services/a").status == 401
@@ -230,8 +250,12 @@ def test_tokens_missing_wrong_right_and_rotated(start_master: Any, tmp_path: Pat
     time_ok = master.request  # alias keeps lines short
 
     def accepted(token: str) -> bool:
-        answer = time_ok("PUT", "/v1/services/a", registration("a", tags=[token]),
-                         headers={"Authorization": f"Bearer {token}"})
+        answer = time_ok(
+            "PUT",
+            "/v1/services/a",
+            registration("a", tags=[token]),
+            headers={"Authorization": f"Bearer {token}"},
+        )
         return answer.status == 200
 
     from tests.conftest import wait_until
@@ -245,13 +269,19 @@ def test_tokens_missing_wrong_right_and_rotated(start_master: Any, tmp_path: Pat
 def test_read_token_guards_reads(start_master: Any, tmp_path: Path) -> None:
     (tmp_path / "write").write_text("w\n")
     (tmp_path / "read").write_text("r\n")
-    master = start_master("--token-file", str(tmp_path / "write"),
-                          "--read-token-file", str(tmp_path / "read"))
+    master = start_master(
+        "--token-file", str(tmp_path / "write"), "--read-token-file", str(tmp_path / "read")
+    )
     assert master.request("GET", "/v1/services").status == 401
-    assert master.request("GET", "/v1/services", headers={"Authorization": "Bearer r"}).status == 200
-    assert master.request("GET", "/v1/services", headers={"Authorization": "Bearer w"}).status == 200
-    put = master.request("PUT", "/v1/services/a", registration("a"),
-                         headers={"Authorization": "Bearer r"})
+    assert (
+        master.request("GET", "/v1/services", headers={"Authorization": "Bearer r"}).status == 200
+    )
+    assert (
+        master.request("GET", "/v1/services", headers={"Authorization": "Bearer w"}).status == 200
+    )
+    put = master.request(
+        "PUT", "/v1/services/a", registration("a"), headers={"Authorization": "Bearer r"}
+    )
     assert put.status == 401  # a read token cannot write
     assert master.request("GET", "/healthz").status == 200  # liveness stays open for probes
 
@@ -260,9 +290,14 @@ def test_read_token_guards_reads(start_master: Any, tmp_path: Path) -> None:
 
 
 def test_original_picoapi_body_shows_up(master: Master) -> None:
-    body = {"name": "web_crawler", "tags": ["web_crawler", ""], "host": "127.0.0.1",
-            "port": "8000", "metadata": None,
-            "healthcheck": {"url": "http://127.0.0.1:1/health", "interval": "30"}}
+    body = {
+        "name": "web_crawler",
+        "tags": ["web_crawler", ""],
+        "host": "127.0.0.1",
+        "port": "8000",
+        "metadata": None,
+        "healthcheck": {"url": "http://127.0.0.1:1/health", "interval": "30"},
+    }
     assert master.request("PUT", "/register", body).status == 200
     services = master.request("GET", "/v1/services").json()["services"]
     assert len(services) == 1

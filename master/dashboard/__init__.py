@@ -17,9 +17,10 @@ from master.errors import NotFound
 
 HERE: Final = Path(__file__).resolve().parent
 
-# The only files served: a name not in this table is a 404, so no path reaches the disk.
-FILES: Final = {
-    "index.html": "text/html; charset=utf-8",
+# The page is served at / only: it names its assets relative to itself. The assets are the
+# names in this table and nothing else, so no request path ever reaches the disk.
+PAGE: Final = "index.html"
+ASSETS: Final = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
@@ -32,11 +33,11 @@ CONTENT_SECURITY_POLICY: Final = (
 )
 
 
-def _serve(name: str) -> web.FileResponse:
+def _serve(name: str, content_type: str) -> web.FileResponse:
     return web.FileResponse(
         HERE / name,
         headers={
-            "Content-Type": FILES[name],
+            "Content-Type": content_type,
             "Cache-Control": CACHE_CONTROL,
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "X-Content-Type-Options": "nosniff",
@@ -46,14 +47,15 @@ def _serve(name: str) -> web.FileResponse:
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return _serve("index.html")
+    return _serve(PAGE, "text/html; charset=utf-8")
 
 
 async def asset(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
-    if name not in FILES:
+    content_type = ASSETS.get(name)
+    if content_type is None:
         raise NotFound(f"no dashboard file {name!r}")
-    return _serve(name)
+    return _serve(name, content_type)
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,0 +1,282 @@
+"""The original picoapi 1.0.4 master's routes, answered from our registry.
+
+Services built on `picoapi` PUT `{"name", "tags", "host", "port", "healthcheck"}` to
+`/register` when they start (its own master only routed GET there, with the same body), and
+dashboards read `/services/status` and `/services/definition`. Those bodies are mapped onto
+a Registration here and go through the same registry calls as `/v1/services`.
+
+The mapping, and why:
+- picoapi names are FastAPI titles ("Example Service"), not our `[a-z0-9._-]` names, so
+  the name and id become a slug ("example-service") and the original is kept in
+  `meta["picoapi_name"]`, which is what the picoapi routes show. id = name, as in picoapi,
+  so a restarted service replaces its entry; a slug already held by a different service is
+  refused rather than silently overwritten.
+- `port` and `healthcheck.interval` come from environment variables, so they may be strings;
+  the interval is in seconds (picoapi's default 30 when absent or null).
+- `API_TAGS` unset gives `[""]`: empty tags are dropped.
+- `metadata` was any JSON object: non-string values are stored as their JSON text, so
+  nothing that picoapi accepted is refused, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import unicodedata
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from master.api import AUTH, BODY_MAX, REGISTRY, json_response, read_body
+from master.errors import BadRequest, PayloadTooLarge, Unauthorized
+from master.model import (
+    ADDRESS_MAX,
+    KEEP,
+    META_KEYS_MAX,
+    META_VALUE_MAX,
+    NAME_MAX,
+    TAG_MAX,
+    CheckSpec,
+    FieldError,
+    Record,
+    Registration,
+    Status,
+    check_int,
+    check_meta,
+    check_tags,
+    check_text,
+    dumps_compact,
+    loads_json,
+    parse_duration,
+)
+
+PICOAPI_NAME: Final = "picoapi_name"  # the meta key holding the name as the service sent it
+DEFAULT_INTERVAL: Final = 30.0  # picoapi's HealthCheckDefinition default, in seconds
+CHECK_TIMEOUT: Final = 3.0  # picoapi's own health probe gave up after 3 s
+
+HEALTHY: Final = "healthy"
+UNHEALTHY: Final = "unhealthy"
+NO_HEALTHCHECK: Final = "No healthcheck!"
+
+# /services/definition fetches a document the service has not given us, as picoapi did,
+# bounded so a slow or huge answer costs little.
+DOCUMENT_PATH: Final = "/openapi.json"
+DOCUMENT_TIMEOUT: Final = 3.0
+DOCUMENT_MAX: Final = 8 << 20
+DOCUMENT_FETCHES: Final = 16
+NOT_RUNNING: Final = {"status": "not running!"}  # picoapi's answer when there is no document
+
+_SECONDS_RE: Final = re.compile(r"\s*\d+(\.\d+)?\s*")
+_PORT_RE: Final = re.compile(r"\s*\d{1,5}\s*")
+_NOT_IN_NAME_RE: Final = re.compile(r"[^a-z0-9._-]+")
+
+
+# --- the picoapi body -> a Registration ------------------------------------------------
+
+
+def slug(name: str) -> str:
+    """A name our pattern accepts, as close to the original as it can be."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    text = _NOT_IN_NAME_RE.sub("-", ascii_name.lower()).strip("-._")[:NAME_MAX].rstrip("-._")
+    if text:
+        return text
+    # Nothing ASCII to keep ("日本語"): a stable name still registers the service.
+    return "picoapi-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise FieldError("tags", "must be a list of strings")
+    kept = []
+    for i, tag in enumerate(value):
+        if tag == "":  # API_TAGS unset splits into [""]
+            continue
+        kept.append(check_text(tag, f"tags[{i}]", TAG_MAX))
+    return check_tags(kept)
+
+
+def _port(value: object) -> int:
+    if isinstance(value, str) and _PORT_RE.fullmatch(value):
+        value = int(value)
+    if value is None:
+        raise FieldError("port", "is required", code="missing_field")
+    return check_int(value, "port", 1, 65535)
+
+
+def _meta(value: object, name: str) -> dict[str, str]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise FieldError("metadata", "must be an object or null")
+    texts = {k: v if isinstance(v, str) else dumps_compact(v) for k, v in value.items()}
+    meta = check_meta(texts, "metadata")
+    meta[PICOAPI_NAME] = name
+    if len(meta) > META_KEYS_MAX:
+        raise FieldError(
+            "metadata", f"must hold at most {META_KEYS_MAX - 1} keys ({PICOAPI_NAME} is ours)"
+        )
+    return meta
+
+
+def _interval(value: object) -> float:
+    if value is None:
+        return DEFAULT_INTERVAL
+    if isinstance(value, str) and _SECONDS_RE.fullmatch(value):
+        return float(value)
+    return parse_duration(value, "healthcheck.interval")
+
+
+def _check(value: object) -> CheckSpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise FieldError("healthcheck", "must be an object with url and interval, or null")
+    if "url" not in value:
+        raise FieldError("healthcheck.url", "is required", code="missing_field")
+    interval = _interval(value.get("interval"))
+    timeout = min(CHECK_TIMEOUT, interval / 2)
+    return CheckSpec.from_json(
+        {"url": value["url"], "interval": interval, "timeout": timeout}, "healthcheck"
+    )
+
+
+def parse_picoapi(body: object) -> Registration:
+    """Validate a picoapi registration body; unknown keys are ignored, as picoapi did."""
+    if not isinstance(body, dict):
+        raise FieldError("", "body must be a JSON object")
+    for required in ("name", "host", "port"):
+        if required not in body:
+            raise FieldError(required, "is required", code="missing_field")
+    name = check_text(body["name"], "name", META_VALUE_MAX)
+    ident = slug(name)
+    return Registration(
+        id=ident,
+        name=ident,
+        address=check_text(body["host"], "host", ADDRESS_MAX),
+        port=_port(body["port"]),
+        tags=_tags(body.get("tags")),
+        meta=_meta(body.get("metadata"), name),
+        check=_check(body.get("healthcheck")),
+    )
+
+
+def picoapi_name(record: Record) -> str:
+    """The name as the service gave it: the picoapi one, else our own."""
+    return record.registration.meta.get(PICOAPI_NAME, record.registration.name)
+
+
+# --- handlers --------------------------------------------------------------------------
+
+
+async def register(request: web.Request) -> web.Response:
+    """PUT or GET /register. Answers `null`, as picoapi's master did (its handler returned None)."""
+    # A GET passes the middleware as a read; it writes, so it needs what a PUT needs.
+    if request.method == "GET" and not request.app[AUTH].allows(
+        "PUT", request.headers.get("Authorization")
+    ):
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    raw = await read_body(request)
+    if not raw.strip():
+        raise BadRequest("the body is empty; send the service definition", code="invalid_json")
+    if len(raw) > BODY_MAX:
+        raise PayloadTooLarge("a picoapi registration is limited to 1 MiB")
+    registration = parse_picoapi(loads_json(raw))
+    registry = request.app[REGISTRY]
+    held = registry.get(registration.id)
+    if held is not None and picoapi_name(held) != registration.meta[PICOAPI_NAME]:
+        raise BadRequest(
+            f"{registration.meta[PICOAPI_NAME]!r} maps to the service id {registration.id!r}, "
+            f"which {picoapi_name(held)!r} already holds",
+            field="name",
+            code="name_taken",
+        )
+    await registry.put(registration, openapi=KEEP)
+    return json_response(None)
+
+
+async def services_status(request: web.Request) -> web.Response:
+    """`[{"name", "status"}]`: healthy, unhealthy or "No healthcheck!", as picoapi showed."""
+    return json_response(
+        [
+            {"name": picoapi_name(record), "status": _picoapi_status(record)}
+            for record in request.app[REGISTRY].query()
+        ]
+    )
+
+
+def _picoapi_status(record: Record) -> str:
+    if record.registration.check is None:
+        return NO_HEALTHCHECK
+    return HEALTHY if record.status is Status.PASSING else UNHEALTHY
+
+
+async def services_definition(request: web.Request) -> web.Response:
+    """`[{name: document}]`, the answer picoapi's master meant to give here.
+
+    (Its route was wired to the status handler by mistake; the handler it wrote fetched
+    each service's `/openapi.json`.) A stored document is served as is; a picoapi service,
+    which never sends one, has it fetched now; without one, picoapi's `not running!`.
+    """
+    records = request.app[REGISTRY].query()
+    missing = [r for r in records if r.openapi is None and PICOAPI_NAME in r.registration.meta]
+    fetched: dict[str, dict[str, Any]] = {}
+    if missing:
+        limit = asyncio.Semaphore(DOCUMENT_FETCHES)
+        timeout = aiohttp.ClientTimeout(total=DOCUMENT_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            documents = await asyncio.gather(*(_fetch(session, limit, r) for r in missing))
+        fetched = {r.id: d for r, d in zip(missing, documents, strict=True)}
+    return json_response(
+        [{picoapi_name(r): r.openapi or fetched.get(r.id, NOT_RUNNING)} for r in records]
+    )
+
+
+async def _fetch(
+    session: aiohttp.ClientSession, limit: asyncio.Semaphore, record: Record
+) -> dict[str, Any]:
+    """The service's own document, or picoapi's `not running!` for any failure."""
+    registration = record.registration
+    async with limit:
+        try:
+            url = URL.build(
+                scheme=registration.scheme,
+                host=registration.address,
+                port=registration.port,
+                path=DOCUMENT_PATH,
+            )
+            async with session.get(url, allow_redirects=False) as answer:
+                if answer.status != 200:
+                    return NOT_RUNNING
+                body = await _read_capped(answer)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return NOT_RUNNING
+    try:
+        document = loads_json(body) if body is not None else None
+    except FieldError:
+        return NOT_RUNNING
+    return document if isinstance(document, dict) else NOT_RUNNING
+
+
+async def _read_capped(answer: aiohttp.ClientResponse) -> bytes | None:
+    """The body, or None once it passes DOCUMENT_MAX (an endless body costs 8 MiB at most)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_any():
+        size += len(chunk)
+        if size > DOCUMENT_MAX:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def add_routes(app: web.Application) -> None:
+    # add_route, not add_get: a HEAD must not register anything.
+    app.router.add_route("PUT", "/register", register)
+    app.router.add_route("GET", "/register", register)
+    app.router.add_get("/services/status", services_status)
+    app.router.add_get("/services/definition", services_definition)

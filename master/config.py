@@ -1,0 +1,210 @@
+"""The master's options, from flags, `PICOAPI_*` variables and a YAML file, parsed once.
+
+A flag wins over a variable, a variable over the file, the file over the default. Each
+option is one row of `OPTIONS`: its YAML key, and from that its flag (`--token-file`) and
+variable (`PICOAPI_TOKEN_FILE`), so the three sources cannot disagree on names. Every
+problem is reported at once, named by where the value came from: `master.yaml:3: listen:
+...`, `PICOAPI_LISTEN: ...` or `--listen: ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from master.auth import TokenFileError, read_tokens
+from master.model import FieldError, check_int, check_text
+from master.store import STORES
+from master.yamlfile import (
+    ConfigError,
+    Problem,
+    check_host_port,
+    join_host_port,
+    load_document,
+)
+
+DEFAULT_LISTEN: Final = ("0.0.0.0", 9500)
+DEFAULT_STORE: Final = "sqlite:///./picoapi-data/registry.db"
+DEFAULT_CHECK_CONCURRENCY: Final = 512
+CHECK_CONCURRENCY_MAX: Final = 10_000
+LOG_FORMATS: Final = ("json", "console", "auto")
+CONFIG_ENV: Final = "PICOAPI_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class MasterConfig:
+    listen_host: str = DEFAULT_LISTEN[0]
+    listen_port: int = DEFAULT_LISTEN[1]
+    store: str = DEFAULT_STORE
+    token_file: Path | None = None  # write (and read) tokens, one a line
+    read_token_file: Path | None = None  # when set, reads need a read or a write token
+    log_format: str | None = None  # json | console | None: console on a TTY, else json
+    check_concurrency: int = DEFAULT_CHECK_CONCURRENCY
+    config_file: Path | None = None
+
+    @property
+    def listen(self) -> str:
+        return join_host_port(self.listen_host, self.listen_port)
+
+
+# --- one check per option: (value, field, base directory for relative paths) -----------
+
+
+def _check_listen(value: object, field: str, base: Path) -> tuple[str, int]:
+    return check_host_port(value, field, allow_zero=True)
+
+
+def _check_store(value: object, field: str, base: Path) -> str:
+    url = check_text(value, field, 4096)
+    scheme = urlsplit(url).scheme
+    if scheme not in STORES:
+        known = ", ".join(f"{name}://" for name in STORES)
+        raise FieldError(field, f"unknown store {url!r}; use one of {known}")
+    return url
+
+
+def _check_token_file(value: object, field: str, base: Path) -> Path:
+    """Read at start, so a missing or empty token file stops the master before it serves."""
+    path = base / check_text(value, field, 4096)
+    try:
+        read_tokens(path)
+    except TokenFileError as exc:
+        raise FieldError(field, str(exc)) from None
+    return path
+
+
+def _check_log_format(value: object, field: str, base: Path) -> str | None:
+    if value not in LOG_FORMATS:
+        raise FieldError(field, f"must be json, console or auto, got {value!r}")
+    return None if value == "auto" else str(value)
+
+
+def _check_concurrency(value: object, field: str, base: Path) -> int:
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    return check_int(value, field, 1, CHECK_CONCURRENCY_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    key: str  # the YAML key; the flag and variable are derived from it
+    metavar: str
+    help: str
+    check: Callable[[object, str, Path], Any]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "PICOAPI_" + self.key.upper()
+
+
+OPTIONS: Final = (
+    Option("listen", "HOST:PORT", "where to serve the API (default 0.0.0.0:9500)", _check_listen),
+    Option(
+        "store",
+        "URL",
+        f"sqlite:///PATH, memory:// or etcd://HOST:PORT[,...] (default {DEFAULT_STORE})",
+        _check_store,
+    ),
+    Option(
+        "token_file",
+        "FILE",
+        "bearer tokens for PUT and DELETE, one a line (# comments allowed); "
+        "default: no token needed",
+        _check_token_file,
+    ),
+    Option(
+        "read_token_file",
+        "FILE",
+        "tokens for reads; when given, a GET needs one of these or a write token",
+        _check_token_file,
+    ),
+    Option(
+        "log_format",
+        "json|console",
+        "log format (default: console on a TTY, else json)",
+        _check_log_format,
+    ),
+    Option(
+        "check_concurrency",
+        "N",
+        f"health checks run at once, at most (default {DEFAULT_CHECK_CONCURRENCY})",
+        _check_concurrency,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="picoapi-master",
+        description="Run the PicoAPI registry: services register over HTTP (or through a\n"
+        "picoapi-sidecar); the master checks their health and serves the catalog.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a YAML file of these options, keys without dashes (also {CONFIG_ENV})",
+    )
+    for option in OPTIONS:
+        parser.add_argument(option.flag, metavar=option.metavar, help=option.help)
+    return parser
+
+
+def _epilog() -> str:
+    variables = ", ".join(option.env for option in OPTIONS)
+    return (
+        "Every option also reads a variable: "
+        f"{variables}.\nA flag wins over a variable, a variable over the --config file:\n\n"
+        "  listen: 0.0.0.0:9500\n"
+        "  store: sqlite:///var/lib/picoapi/registry.db\n"
+        "  token_file: tokens        # relative paths: from the file's directory\n"
+        "\nexit status: 0 after SIGTERM/SIGINT, 2 on bad configuration"
+    )
+
+
+def parse_master_config(argv: list[str], environ: Mapping[str, str]) -> MasterConfig:
+    """Options in force; ConfigError lists every problem. --help and unknown flags exit
+    through argparse, as usual for a command line."""
+    args = build_parser().parse_args(argv)
+    problems: list[Problem] = []
+    config_file = args.config or environ.get(CONFIG_ENV) or None
+    doc = None
+    if config_file is not None:
+        doc = load_document(config_file, environ)
+        doc.section("", [option.key for option in OPTIONS])
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        flag = getattr(args, option.key)
+        env = environ.get(option.env) or None
+        if flag is not None or env is not None:
+            source = option.flag if flag is not None else option.env
+            try:
+                values[option.key] = option.check(flag if flag is not None else env, source, Path())
+            except FieldError as exc:
+                problems.append(Problem("", None, exc.field, exc.message))
+        elif doc is not None and doc.has(option.key):
+            base = Path(config_file or ".").parent
+            value = doc.check(option.key, option.check, base)
+            if value is not None:  # null in the file, or "auto": the default
+                values[option.key] = value
+    if doc is not None:
+        by_line = sorted(doc.problems, key=lambda p: p.line or 0)
+        problems = [*by_line, *problems]
+    if problems:
+        raise ConfigError(problems)
+    host, port = values.pop("listen", DEFAULT_LISTEN)
+    return MasterConfig(
+        listen_host=host,
+        listen_port=port,
+        config_file=Path(config_file) if config_file else None,
+        **values,
+    )

@@ -1,0 +1,347 @@
+"""The stores: one conformance suite for every scheme, then what only SQLite promises."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from master.store import Store, StoreError, open_store_url
+from master.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"  # tmp_path is absolute, so this is the four-slash form
+
+
+def body(n: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"id": f"svc-{n}", "name": "svc", "port": 8000 + n, "tags": ["a", "b"], **extra}
+
+
+class Harness:
+    """A store under test; `reload` returns what a restarted master would read back."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.store: Store = open_store_url(url)
+
+    async def reload(self) -> dict[str, dict[str, Any]]:
+        if self.url == "memory://":  # nothing outlives the process: read the same one again
+            return await self.store.open()
+        await self.store.close()
+        self.store = open_store_url(self.url)
+        return await self.store.open()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    url = "memory://" if request.param == "memory" else sqlite_url(tmp_path / "registry.db")
+    harness = Harness(url)
+    assert await harness.store.open() == {}
+    yield harness
+    await harness.store.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore.from_url(sqlite_url(tmp_path / "registry.db"))
+    await store.open()
+    yield store
+    await store.close()
+
+
+# --- every store -------------------------------------------------------------------------
+
+
+async def test_put_reads_back(harness: Harness) -> None:
+    await harness.store.put("svc-1", body(1))
+    await harness.store.put("svc-2", body(2))
+    assert await harness.reload() == {"svc-1": body(1), "svc-2": body(2)}
+
+
+async def test_put_overwrites(harness: Harness) -> None:
+    await harness.store.put("svc-1", body(1))
+    await harness.store.put("svc-1", body(1, status="critical"))
+    assert await harness.reload() == {"svc-1": body(1, status="critical")}
+
+
+async def test_delete_removes(harness: Harness) -> None:
+    await harness.store.put("svc-1", body(1))
+    await harness.store.put("svc-2", body(2))
+    await harness.store.delete("svc-1")
+    assert await harness.reload() == {"svc-2": body(2)}
+
+
+async def test_delete_of_absent_id_is_a_no_op(harness: Harness) -> None:
+    await harness.store.put("svc-1", body(1))
+    await harness.store.delete("nobody")
+    assert await harness.reload() == {"svc-1": body(1)}
+
+
+async def test_unicode_survives(harness: Harness) -> None:
+    text = {"meta": {"team": "Datenfluß", "note": "日本語 ✓ 🚀", "odd": "\ud800 \x00"}}
+    await harness.store.put("dienst-ü-🚀", body(1, **text))
+    assert await harness.reload() == {"dienst-ü-🚀": body(1, **text)}
+
+
+async def test_stored_body_is_a_snapshot(harness: Harness) -> None:
+    record = body(1)
+    await harness.store.put("svc-1", record)
+    record["tags"].append("changed-later")
+    assert await harness.reload() == {"svc-1": body(1)}
+
+
+async def test_later_concurrent_write_to_an_id_wins(harness: Harness) -> None:
+    store = harness.store
+    await store.put("svc-2", body(2))
+    await asyncio.gather(
+        store.put("svc-1", body(1)),
+        store.put("svc-1", body(1, status="passing")),
+        store.delete("svc-2"),
+        store.put("svc-2", body(2, status="warning")),
+        store.put("svc-3", body(3)),
+        store.delete("svc-3"),
+    )
+    assert await harness.reload() == {
+        "svc-1": body(1, status="passing"),
+        "svc-2": body(2, status="warning"),
+    }
+
+
+async def test_describe_names_the_url(harness: Harness) -> None:
+    assert harness.store.describe() == harness.url
+
+
+# --- URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///./picoapi-data/registry.db", Path("picoapi-data/registry.db")),
+        ("sqlite:///registry.db", Path("registry.db")),
+        ("sqlite:////abs/x.db", Path("/abs/x.db")),
+    ],
+)
+def test_sqlite_url_names_a_path(url: str, path: Path) -> None:
+    store = open_store_url(url)
+    assert isinstance(store, SQLiteStore)
+    assert store.path == path
+    assert store.describe() == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "names no file"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///data/", "names no file"),
+        ("sqlite://host/x.db", "bad SQLite store URL"),
+        ("sqlite:///x.db?mode=ro", "bad SQLite store URL"),
+        ("redis://localhost:6379", "unknown store scheme"),
+        ("registry.db", "unknown store scheme"),
+        ("", "unknown store scheme"),
+    ],
+)
+def test_bad_url_is_a_value_error(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        open_store_url(url)
+
+
+# --- SQLite only -------------------------------------------------------------------------
+
+
+async def test_sqlite_file_is_created_with_its_schema(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "registry.db"
+    store = SQLiteStore.from_url(sqlite_url(path))
+    await store.open()
+    await store.put("svc-1", body(1))
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("SELECT id FROM services").fetchall() == [("svc-1",)]
+    conn.close()
+    reopened = SQLiteStore.from_url(sqlite_url(path))
+    assert await reopened.open() == {"svc-1": body(1)}
+    await reopened.close()
+
+
+async def test_concurrent_writes_share_commits(sqlite_store: SQLiteStore) -> None:
+    await asyncio.gather(*(sqlite_store.put(f"svc-{n}", body(n)) for n in range(500)))
+    assert sqlite_store.writes == 500
+    assert sqlite_store.commits < 100
+
+    async def writer(w: int) -> None:
+        for n in range(20):
+            await sqlite_store.put(f"w{w}-{n}", body(n))
+
+    await asyncio.gather(*(writer(w) for w in range(64)))
+    assert sqlite_store.writes == 500 + 64 * 20
+    assert sqlite_store.commits < 64 * 20 // 8
+
+
+async def test_failed_commit_fails_every_waiter_then_recovers(
+    sqlite_store: SQLiteStore,
+) -> None:
+    await sqlite_store.put("svc-0", body(0))
+    with sqlite3.connect(sqlite_store.path) as other:
+        other.execute("DROP TABLE services")
+    results = await asyncio.gather(
+        *(sqlite_store.put(f"svc-{n}", body(n)) for n in range(1, 11)), return_exceptions=True
+    )
+    assert all(isinstance(result, StoreError) for result in results), results
+    assert "no such table" in str(results[0])
+    with sqlite3.connect(sqlite_store.path) as other:
+        other.execute("CREATE TABLE services (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    other.close()
+    await sqlite_store.put("svc-11", body(11))
+    await sqlite_store.delete("svc-11")
+    await sqlite_store.put("svc-12", body(12))
+    await sqlite_store.close()
+    reopened = SQLiteStore.from_url(sqlite_store.url)
+    assert await reopened.open() == {"svc-12": body(12)}
+    await reopened.close()
+
+
+async def test_close_finishes_pending_writes_and_is_idempotent(tmp_path: Path) -> None:
+    store = SQLiteStore.from_url(sqlite_url(tmp_path / "registry.db"))
+    await store.open()
+    puts = [asyncio.create_task(store.put(f"svc-{n}", body(n))) for n in range(100)]
+    await asyncio.sleep(0)  # let every put queue its write
+    await store.close()
+    await store.close()
+    await asyncio.gather(*puts)
+    with pytest.raises(StoreError, match="closed"):
+        await store.put("late", body())
+    reopened = SQLiteStore.from_url(store.url)
+    assert len(await reopened.open()) == 100
+    await reopened.close()
+
+
+async def test_write_before_open_is_a_store_error(tmp_path: Path) -> None:
+    store = SQLiteStore.from_url(sqlite_url(tmp_path / "registry.db"))
+    with pytest.raises(StoreError, match="not open"):
+        await store.put("svc-1", body(1))
+    await store.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = SQLiteStore.from_url(sqlite_url(path))
+    with pytest.raises(StoreError, match="newer master"):
+        await store.open()
+    await store.close()
+
+
+async def test_corrupt_rows_are_skipped_with_a_warning(sqlite_store: SQLiteStore) -> None:
+    await sqlite_store.put("good", body(1))
+    await sqlite_store.close()
+    with sqlite3.connect(sqlite_store.path) as conn:
+        conn.executemany(
+            "INSERT INTO services (id, body) VALUES (?, ?)",
+            [("torn", '{"id": "torn", "na'), ("list", "[1, 2]")],
+        )
+    conn.close()
+    reopened = SQLiteStore.from_url(sqlite_store.url)
+    with capture_logs() as logs:
+        assert await reopened.open() == {"good": body(1)}
+    await reopened.close()
+    skipped = {e["service_id"] for e in logs if e["event"] == "store_row_skipped"}
+    assert skipped == {"torn", "list"}
+
+
+async def test_unreadable_path_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "registry.db").mkdir()
+    store = SQLiteStore.from_url(sqlite_url(tmp_path / "registry.db"))
+    with pytest.raises(StoreError, match="cannot open"):
+        await store.open()
+    await store.close()
+
+
+# --- durability across SIGKILL -----------------------------------------------------------
+
+WRITER = """
+import asyncio, sys
+from master.store import open_store_url
+
+async def writer(store, w):
+    for n in range(100_000):
+        record_id = f"w{w}-{n}"
+        await store.put(record_id, {"id": record_id, "n": n})
+        sys.stdout.write(record_id + "\\n")
+        sys.stdout.flush()
+
+async def main():
+    store = open_store_url(sys.argv[1])
+    await store.open()
+    await asyncio.gather(*(writer(store, w) for w in range(16)))
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Child processes a test starts; any still running at the end are killed."""
+    children: list[subprocess.Popen[bytes]] = []
+    yield children
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        if child.stdout:
+            child.stdout.close()
+
+
+def read_lines(child: subprocess.Popen[bytes], count: int, timeout: float) -> bytes:
+    """Read the child's stdout until it holds `count` lines, within `timeout` seconds."""
+    assert child.stdout is not None
+    fd, data = child.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"only {data.count(b'\n')} acks within {timeout}s"
+        if select.select([fd], [], [], remaining)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"writer exited ({child.wait()}) after {data.count(b'\n')} acks"
+            data += chunk
+    return data
+
+
+async def test_every_acknowledged_write_survives_sigkill(
+    tmp_path: Path, spawn: list[subprocess.Popen[bytes]]
+) -> None:
+    url = sqlite_url(tmp_path / "registry.db")
+    log = (tmp_path / "writer.log").open("wb")
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE, stderr=log
+    )
+    spawn.append(child)
+    log.close()
+    data = read_lines(child, 2000, timeout=60)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(10) == -signal.SIGKILL
+    assert child.stdout is not None
+    data += child.stdout.read()  # acks already in the pipe when it died count too
+    acked = data.split(b"\n")[:-1]  # a torn last line was never a whole ack
+    assert len(acked) >= 2000
+    store = SQLiteStore.from_url(url)
+    stored = await store.open()
+    await store.close()
+    missing = [line.decode() for line in acked if line.decode() not in stored]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
