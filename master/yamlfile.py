@@ -92,6 +92,8 @@ def check_bool(value: object, field: str) -> bool:
 
 def check_host_port(value: object, field: str, *, allow_zero: bool = False) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 in brackets) -> (host without brackets, port)."""
+    if isinstance(value, int) and not isinstance(value, bool):  # `listen: 9501`
+        raise FieldError(field, f"must be HOST:PORT, like 0.0.0.0:{value}, got only a port")
     text = check_text(value, field, ADDRESS_MAX + 8)
     if "://" in text or "/" in text:
         raise FieldError(field, f"must be HOST:PORT, not a URL, got {text!r}")
@@ -187,12 +189,16 @@ class Document:
                 return False
             path = path[: max(path.rfind("."), path.rfind("["), 0)]
 
+    def _broken_within(self, path: str) -> bool:
+        """A part of the value at `path` was reported (say a recursive alias in a list)."""
+        return any(b.startswith((f"{path}.", f"{path}[")) for b in self._broken)
+
     def check(
         self, path: str, validate: Callable[..., T], *args: Any, required: bool = False
     ) -> T | None:
         """Validate the value at `path` with a master.model check (`check_int(value, field,
         ...)` shape). None when absent, null, already broken, or bad (then recorded)."""
-        if self.is_broken(path):
+        if self.is_broken(path) or self._broken_within(path):
             return None
         value = self.get(path)
         if value is None:

@@ -297,18 +297,14 @@ class _Reader:
             doc.problem(
                 "check.deregister_after", f"must be at most 168h, got {format_duration(after)}"
             )
+        failures = doc.check("check.failures_before_critical", check_int, 1, THRESHOLD_MAX)
+        successes = doc.check("check.successes_before_passing", check_int, 1, THRESHOLD_MAX)
         return CheckConfig(
-            probe=self.probe(service),
+            probe=self.probe(service),  # last: a problem with the kind marks all of check
             interval=interval,
             timeout=timeout or min(DEFAULT_TIMEOUT, interval / 2),
-            failures_before_critical=doc.check(
-                "check.failures_before_critical", check_int, 1, THRESHOLD_MAX
-            )
-            or 1,
-            successes_before_passing=doc.check(
-                "check.successes_before_passing", check_int, 1, THRESHOLD_MAX
-            )
-            or 1,
+            failures_before_critical=failures or 1,
+            successes_before_passing=successes or 1,
             deregister_after=DEFAULT_DEREGISTER_AFTER if after is None else after,
         )
 

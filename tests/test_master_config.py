@@ -133,6 +133,7 @@ def test_a_broken_config_file_is_reported_without_a_traceback(tmp_path: Path) ->
         ),
         (["--listen", "::1:9500"], {}, "--listen: an IPv6 address needs brackets"),
         (["--store", "etcd2://x"], {}, "--store: unknown store 'etcd2://x'; use one of"),
+        (["--listen", "[::1]:"], {}, "--listen: must be HOST:PORT"),
         ([], {"PICOAPI_LOG_FORMAT": "xml"}, "PICOAPI_LOG_FORMAT: must be json, console or auto"),
         (
             [],
