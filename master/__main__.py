@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from typing import Final
 
@@ -57,15 +58,22 @@ async def serve(app: web.Application, config: MasterConfig) -> int:
         log.error("startup_failed", reason=str(exc), store=config.store)
         await runner.cleanup()
         return 1
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, reuse_address=True)
     try:
-        await site.start()
+        sock = socket.create_server(
+            (config.listen_host, config.listen_port),
+            family=socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET,
+            backlog=1024,
+        )
     except OSError as exc:
-        log.error("listen_failed", listen=f"{config.listen_host}:{config.listen_port}",
-                  reason=exc.strerror)
+        log.error(
+            "listen_failed",
+            listen=f"{config.listen_host}:{config.listen_port}",
+            reason=exc.strerror,
+        )
         await runner.cleanup()
         return EXIT_CONFIG
-    host, port = _bound_address(site)
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
     log.info("master_started", listen=f"{host}:{port}", store=config.store, pid=os.getpid())
 
     stop = asyncio.Event()
@@ -84,14 +92,6 @@ async def serve(app: web.Application, config: MasterConfig) -> int:
     await runner.cleanup()
     log.info("master_stopped")
     return 0
-
-
-def _bound_address(site: web.TCPSite) -> tuple[str, int]:
-    server = site._server  # aiohttp keeps the asyncio server here; port 0 needs the real one
-    if server is not None and getattr(server, "sockets", None):
-        host, port = server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-    return "?", 0
 
 
 if __name__ == "__main__":

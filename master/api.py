@@ -56,9 +56,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=dumps_compact(body), status=status, content_type="application/json"
-    )
+    return web.Response(text=dumps_compact(body), status=status, content_type="application/json")
 
 
 def raw_json_response(text: str, status: int = 200) -> web.Response:
@@ -153,18 +151,22 @@ MIDDLEWARES: Final = (metrics_middleware, index_middleware, error_middleware, au
 # --- request bodies --------------------------------------------------------------------
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type in ("application/json", "application/octet-stream") or (
+        content_type.endswith("+json")
+    )
+
+
 async def read_body(request: web.Request, *, check_type: bool = True) -> bytes:
     """The raw body, refused with 413 as soon as it passes the largest limit.
 
     Content-Length is checked before a byte is read; a chunked body is read only up to
     the limit, so an endless body costs at most 8 MiB.
     """
-    if check_type and request.content_type not in ("application/json", "application/octet-stream"):
-        if not request.content_type.endswith("+json") and request.headers.get("Content-Type"):
-            raise UnsupportedMediaType(
-                f"send the body as JSON (Content-Type: application/json), "
-                f"not {request.content_type}"
-            )
+    if check_type and request.headers.get("Content-Type") and not _is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"send the body as JSON (Content-Type: application/json), not {request.content_type}"
+        )
     length = request.content_length
     if length is not None and length > BODY_MAX_WITH_OPENAPI:
         raise PayloadTooLarge(f"body of {length} bytes is over the 8 MiB limit")

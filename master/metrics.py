@@ -26,7 +26,9 @@ class Metrics:
             registry=self.registry,
         )
         self.services = Gauge(
-            "picoapi_services", "Registered services by status.", ["status"],
+            "picoapi_services",
+            "Registered services by status.",
+            ["status"],
             registry=self.registry,
         )
         self.registry_index = Gauge(
@@ -36,8 +38,10 @@ class Metrics:
             "picoapi_checks", "Health checks run, by result.", ["status"], registry=self.registry
         )
         self.check_seconds = Histogram(
-            "picoapi_check_seconds", "Duration of one health check.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "picoapi_check_seconds",
+            "Duration of one health check.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.check_lag_seconds = Histogram(
             "picoapi_check_lag_seconds",

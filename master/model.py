@@ -85,9 +85,7 @@ def parse_duration(value: object, field: str) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise FieldError(
-            field, f"must be a duration like 500ms, 10s, 2m or 1h, got {value!r}"
-        )
+        raise FieldError(field, f"must be a duration like 500ms, 10s, 2m or 1h, got {value!r}")
     return total
 
 
@@ -127,7 +125,8 @@ def loads_json(body: bytes) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise FieldError(
-            "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+            "",
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
             code="invalid_json",
         ) from None
     except RecursionError:
@@ -230,8 +229,13 @@ def check_url(value: object, field: str) -> str:
 
 def _type_name(value: object) -> str:
     return {
-        dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-        int: "an integer", float: "a number", type(None): "null",
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
     }.get(type(value), type(value).__name__)
 
 
@@ -257,8 +261,14 @@ class CheckSpec:
     deregister_after: float = 0.0  # seconds critical before removal; 0 = never
 
     _FIELDS = frozenset(
-        {"url", "interval", "timeout", "failures_before_critical",
-         "successes_before_passing", "deregister_after"}
+        {
+            "url",
+            "interval",
+            "timeout",
+            "failures_before_critical",
+            "successes_before_passing",
+            "deregister_after",
+        }
     )
 
     @classmethod
@@ -293,11 +303,15 @@ class CheckSpec:
             timeout=timeout,
             failures_before_critical=check_int(
                 body.get("failures_before_critical", 1),
-                f"{field}.failures_before_critical", 1, THRESHOLD_MAX,
+                f"{field}.failures_before_critical",
+                1,
+                THRESHOLD_MAX,
             ),
             successes_before_passing=check_int(
                 body.get("successes_before_passing", 1),
-                f"{field}.successes_before_passing", 1, THRESHOLD_MAX,
+                f"{field}.successes_before_passing",
+                1,
+                THRESHOLD_MAX,
             ),
             deregister_after=deregister_after,
         )
@@ -487,9 +501,7 @@ class Record:
         )
 
 
-_RECORD_ONLY = frozenset(
-    {"status", "registered_at", "updated_at", "openapi_sha256", "last_check"}
-)
+_RECORD_ONLY = frozenset({"status", "registered_at", "updated_at", "openapi_sha256", "last_check"})
 
 
 def body_without_record_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -499,7 +511,7 @@ def body_without_record_fields(body: Mapping[str, Any]) -> dict[str, Any]:
 def format_time(epoch: float) -> str:
     """UTC, RFC 3339 with milliseconds: `2026-11-28T13:35:38.123Z`."""
     whole = int(epoch)
-    ms = int(round((epoch - whole) * 1000))
+    ms = round((epoch - whole) * 1000)
     if ms == 1000:
         whole, ms = whole + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"

@@ -157,14 +157,13 @@ class Registry:
                 digest = old.openapi_sha256 if old else None
             else:
                 document, digest = None, None
-            if old is not None and old.registration == registration and old.openapi_sha256 == digest:
+            unchanged = old is not None and old.registration == registration
+            if unchanged and old is not None and old.openapi_sha256 == digest:
                 return old, False
             now = time.time()
-            same_check = (
-                old is not None
-                and (old.registration.check.url if old.registration.check else None)
-                == (registration.check.url if registration.check else None)
-            )
+            same_check = old is not None and (
+                old.registration.check.url if old.registration.check else None
+            ) == (registration.check.url if registration.check else None)
             if old is not None and same_check:
                 status, last_check = old.status, old.last_check
             else:

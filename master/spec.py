@@ -137,14 +137,7 @@ SCHEMAS: Final[dict[str, Any]] = {
     ),
     "Record": _object(
         [
-            "id",
-            "name",
-            "address",
-            "port",
-            "scheme",
-            "tags",
-            "meta",
-            "check",
+            *REGISTRATION_FIELDS,
             "status",
             "registered_at",
             "updated_at",

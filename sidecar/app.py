@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Final
 
@@ -55,17 +56,30 @@ async def serve(path: Path, config: Config) -> int:
     runner = web.AppRunner(build_server(sidecar), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     listen = config.sidecar
-    site = web.TCPSite(runner, listen.listen_host, listen.listen_port, reuse_address=True)
     try:
-        await site.start()
+        sock = socket.create_server(
+            (listen.listen_host, listen.listen_port),
+            family=socket.AF_INET6 if ":" in listen.listen_host else socket.AF_INET,
+            backlog=256,
+        )
     except OSError as exc:
-        log.error("listen_failed", listen=f"{listen.listen_host}:{listen.listen_port}",
-                  reason=exc.strerror)
+        log.error(
+            "listen_failed",
+            listen=f"{listen.listen_host}:{listen.listen_port}",
+            reason=exc.strerror,
+        )
         await runner.cleanup()
         await session.close()
         return EXIT_CONFIG
-    log.info("sidecar_started", listen=_bound(site), service_id=config.service.id,
-             master_urls=list(config.master.urls), pid=os.getpid())
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "sidecar_started",
+        listen=f"{host}:{port}",
+        service_id=config.service.id,
+        master_urls=list(config.master.urls),
+        pid=os.getpid(),
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,18 +107,12 @@ async def serve(path: Path, config: Config) -> int:
             async with asyncio.timeout(DEREGISTER_BUDGET):
                 await syncer.deregister()
         except TimeoutError:
-            log.warning("deregister_failed", service_id=current.service.id,
-                        reason=f"no answer within {DEREGISTER_BUDGET:g}s")
+            log.warning(
+                "deregister_failed",
+                service_id=current.service.id,
+                reason=f"no answer within {DEREGISTER_BUDGET:g}s",
+            )
     await runner.cleanup()
     await session.close()
     log.info("sidecar_stopped", service_id=current.service.id)
     return 0
-
-
-def _bound(site: web.TCPSite) -> str:
-    server = site._server  # the asyncio server: with port 0, the real port is only here
-    sockets = getattr(server, "sockets", None)
-    if sockets:
-        host, port = sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
-    return site.name

@@ -15,34 +15,48 @@ from sidecar.config import Config, registration_json
 from sidecar.sync import Syncer
 from sidecar.watch import ConfigWatcher
 
-HEALTH_CODES: Final = {Status.PASSING: 200, Status.WARNING: 429, Status.CRITICAL: 503,
-                       Status.UNKNOWN: 503}
+HEALTH_CODES: Final = {
+    Status.PASSING: 200,
+    Status.WARNING: 429,
+    Status.CRITICAL: 503,
+    Status.UNKNOWN: 503,
+}
 
 
 class SidecarMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.checks = Counter("picoapi_sidecar_checks", "Checks run, by result.", ["status"],
-                              registry=self.registry)
+        self.checks = Counter(
+            "picoapi_sidecar_checks", "Checks run, by result.", ["status"], registry=self.registry
+        )
         self.check_seconds = Histogram(
-            "picoapi_sidecar_check_seconds", "Duration of one check of the service.",
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5), registry=self.registry)
-        self.sync_errors = Gauge("picoapi_sidecar_sync_failures",
-                                 "Consecutive failed syncs with the master.",
-                                 registry=self.registry)
-        self.syncs = Gauge("picoapi_sidecar_syncs", "Successful syncs since start.",
-                           registry=self.registry)
-        self.registered = Gauge("picoapi_sidecar_registered",
-                                "1 while the master holds the registration.",
-                                registry=self.registry)
+            "picoapi_sidecar_check_seconds",
+            "Duration of one check of the service.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.sync_errors = Gauge(
+            "picoapi_sidecar_sync_failures",
+            "Consecutive failed syncs with the master.",
+            registry=self.registry,
+        )
+        self.syncs = Gauge(
+            "picoapi_sidecar_syncs", "Successful syncs since start.", registry=self.registry
+        )
+        self.registered = Gauge(
+            "picoapi_sidecar_registered",
+            "1 while the master holds the registration.",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)  # the sidecar's own RSS, CPU and fds
 
 
 class Sidecar:
     """The parts the HTTP handlers read: held together so each handler gets them in one."""
 
-    def __init__(self, config_path: str, syncer: Syncer, check: SharedCheck,
-                 watcher: ConfigWatcher) -> None:
+    def __init__(
+        self, config_path: str, syncer: Syncer, check: SharedCheck, watcher: ConfigWatcher
+    ) -> None:
         self.config_path = config_path
         self.syncer = syncer
         self.check = check
@@ -84,8 +98,15 @@ async def health(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     document = request.app[SIDECAR].syncer.openapi
     if document is None:
-        return _json({"error": {"code": "not_found",
-                                "message": "no OpenAPI document fetched from the service"}}, 404)
+        return _json(
+            {
+                "error": {
+                    "code": "not_found",
+                    "message": "no OpenAPI document fetched from the service",
+                }
+            },
+            404,
+        )
     return _json(document)
 
 
@@ -93,23 +114,25 @@ async def status(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     state = sidecar.syncer.state
     last = sidecar.check.last
-    return _json({
-        "config_path": sidecar.config_path,
-        "registration": registration_json(sidecar.config, None),
-        "registered": state.registered,
-        "drained": state.drained,
-        "master_url": state.master_url,
-        "last_sync": format_time(state.last_sync_at) if state.last_sync_at else None,
-        "syncs": state.syncs,
-        "failures": state.failures,
-        "last_error": state.last_error,
-        "last_error_at": format_time(state.last_error_at) if state.last_error_at else None,
-        "config_error": sidecar.watcher.last_error,
-        "openapi_sha256": state.openapi_sha256,
-        "openapi_error": state.openapi_error,
-        "last_check": last.to_json() if last else None,
-        "started_at": format_time(sidecar.started_at),
-    })
+    return _json(
+        {
+            "config_path": sidecar.config_path,
+            "registration": registration_json(sidecar.config, None),
+            "registered": state.registered,
+            "drained": state.drained,
+            "master_url": state.master_url,
+            "last_sync": format_time(state.last_sync_at) if state.last_sync_at else None,
+            "syncs": state.syncs,
+            "failures": state.failures,
+            "last_error": state.last_error,
+            "last_error_at": format_time(state.last_error_at) if state.last_error_at else None,
+            "config_error": sidecar.watcher.last_error,
+            "openapi_sha256": state.openapi_sha256,
+            "openapi_error": state.openapi_error,
+            "last_check": last.to_json() if last else None,
+            "started_at": format_time(sidecar.started_at),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -118,17 +141,23 @@ async def metrics(request: web.Request) -> web.Response:
     sidecar.metrics.sync_errors.set(state.failures)
     sidecar.metrics.syncs.set(state.syncs)
     sidecar.metrics.registered.set(1 if state.registered else 0)
-    return web.Response(body=generate_latest(sidecar.metrics.registry),
-                        content_type="text/plain", charset="utf-8")
+    return web.Response(
+        body=generate_latest(sidecar.metrics.registry), content_type="text/plain", charset="utf-8"
+    )
 
 
 async def drain(request: web.Request) -> web.Response:
     syncer = request.app[SIDECAR].syncer
     if await syncer.drain():
         return _json({"drained": True, "service_id": syncer.config.service.id})
-    return _json({"drained": False, "service_id": syncer.config.service.id,
-                  "error": {"code": "master_unreachable", "message": syncer.state.last_error}},
-                 503)
+    return _json(
+        {
+            "drained": False,
+            "service_id": syncer.config.service.id,
+            "error": {"code": "master_unreachable", "message": syncer.state.last_error},
+        },
+        503,
+    )
 
 
 def build_server(sidecar: Sidecar) -> web.Application:

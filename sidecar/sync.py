@@ -163,8 +163,13 @@ class Syncer:
         state.last_sync_at, state.failures, state.syncs = time.time(), 0, state.syncs + 1
         summary = dumps_compact(registration_json(config, None))
         if first or summary != self._sent_body:
-            log.info("registered", service_id=config.service.id, master_url=url,
-                     tags=list(config.service.tags), openapi_sha256=self._master_digest)
+            log.info(
+                "registered",
+                service_id=config.service.id,
+                master_url=url,
+                tags=list(config.service.tags),
+                openapi_sha256=self._master_digest,
+            )
         self._sent_body = summary
         if resend and self.openapi is not None and self._master_digest != wanted:
             return await self._sync(resend=False)  # the master lost the document: resend
@@ -174,8 +179,12 @@ class Syncer:
         state = self.state
         state.failures += 1
         if state.last_error != reason or state.failures in (1, 5) or state.failures % 20 == 0:
-            log.warning("sync_failed", service_id=self.config.service.id, reason=reason,
-                        failures=state.failures)
+            log.warning(
+                "sync_failed",
+                service_id=self.config.service.id,
+                reason=reason,
+                failures=state.failures,
+            )
         state.last_error, state.last_error_at = reason, time.time()
 
     # --- leaving -----------------------------------------------------------------------

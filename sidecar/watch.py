@@ -99,8 +99,12 @@ class ConfigWatcher:
             new = load_config(self.path)
         except ConfigError as exc:
             self.last_error = str(exc)
-            log.error("config_rejected", path=str(self.path), errors=str(exc).splitlines(),
-                      keeping="the last good configuration")
+            log.error(
+                "config_rejected",
+                path=str(self.path),
+                errors=str(exc).splitlines(),
+                keeping="the last good configuration",
+            )
             return
         self.last_error = None
         if new == self.current:
@@ -109,11 +113,15 @@ class ConfigWatcher:
         if new.sidecar.listen != self.current.sidecar.listen:
             log.warning("restart_needed", reason="sidecar.listen changed; restart to apply it")
         self.current = new
-        log.info("config_reloaded", path=str(self.path), changed=changed,
-                 tags=list(new.service.tags))
+        log.info(
+            "config_reloaded", path=str(self.path), changed=changed, tags=list(new.service.tags)
+        )
         self._on_change(new)
 
 
 def _changed_sections(old: Config, new: Config) -> list[str]:
-    return [name for name in ("service", "check", "master", "sidecar")
-            if getattr(old, name) != getattr(new, name)]
+    return [
+        name
+        for name in ("service", "check", "master", "sidecar")
+        if getattr(old, name) != getattr(new, name)
+    ]

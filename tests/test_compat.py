@@ -396,3 +396,15 @@ async def test_definition_answers_each_service_document_by_name(
         {"Gone": {"status": "not running!"}},
         {"ledger": {"status": "not running!"}},  # not a picoapi service: nothing fetched
     ]
+
+
+def test_the_real_master_process_takes_picoapi_registrations(start_master: Any) -> None:
+    """As a picoapi service does it: `requests.put(API_REGISTER_PATH, json=...)`."""
+    master = start_master(store="memory://")
+    answer = master.request("PUT", "/register", picoapi_body(healthcheck=None))
+    assert answer.status == 200 and answer.json() is None
+    assert master.request("GET", "/services/status").json() == [
+        {"name": "Example Service", "status": "No healthcheck!"}
+    ]
+    [record] = master.request("GET", "/v1/services").json()["services"]
+    assert record["id"] == "example-service"
