@@ -21,7 +21,7 @@ test: lint
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m demo
+	$(BIN)/python deploy/demo.py
 
 clean:
 	rm -rf $(VENV) picoapi-data .pytest_cache .mypy_cache .ruff_cache

@@ -77,6 +77,15 @@ _PROCESS_KEYS: Final = ("pidfile", "name", "cmdline")
 _MASTER_KEYS: Final = ("url", "token", "token_file")
 _SIDECAR_KEYS: Final = ("listen", "advertise", "resync", "deregister_on_exit")
 
+SCHEMA: Final = {
+    "service": _SERVICE_KEYS,
+    "check": _CHECK_KEYS,
+    "check.process": _PROCESS_KEYS,
+    "master": _MASTER_KEYS,
+    "sidecar": _SIDECAR_KEYS,
+}
+"""Every key the file may hold, by section: the README's reference is tested against it."""
+
 
 @dataclass(frozen=True, slots=True)
 class HttpCheck:
