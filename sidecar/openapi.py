@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import math
 from typing import Any, Final
 
@@ -79,22 +80,17 @@ async def fetch_openapi(
                     response.status,
                     f"HTTP {response.status} {response.reason or ''}".rstrip(),
                 )
-            too_large = DocumentTooLarge(url, f"larger than {max_bytes} bytes")
-            if response.content_length is not None and response.content_length > max_bytes:
-                raise too_large
-            body = await _read_capped(response.content, max_bytes)
-            if body is None:
-                raise too_large
+            body = await _read_capped(url, response, max_bytes)
             content_type = response.content_type
     except TimeoutError:
         raise ServiceUnreachable(url, f"timed out after {format_duration(timeout)}") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise ServiceUnreachable(url, describe_error(exc)) from None
     # Parsing a large YAML document takes a while: keep the event loop (and /health) free.
-    return await asyncio.to_thread(parse_document, url, body, content_type, max_bytes)
+    return await asyncio.to_thread(_parse_document, url, body, content_type, max_bytes)
 
 
-def parse_document(url: str, body: bytes, content_type: str, max_bytes: int) -> dict[str, Any]:
+def _parse_document(url: str, body: bytes, content_type: str, max_bytes: int) -> dict[str, Any]:
     """The document in `body`: JSON, or YAML when the type says so or JSON fails."""
     if "yaml" in content_type:
         document = _parse_yaml(url, body, max_bytes)
@@ -106,39 +102,33 @@ def parse_document(url: str, body: bytes, content_type: str, max_bytes: int) -> 
                 raise InvalidDocument(url, f"not JSON: {json_error.message}") from None
             document = _parse_yaml(url, body, max_bytes)
     try:
-        return check_openapi(document, "document")
+        return check_openapi(document, "body")
     except FieldError as exc:
-        raise InvalidDocument(url, f"not an OpenAPI document: {exc.message}") from None
+        raise InvalidDocument(url, f"the body {exc.message}") from None
 
 
-async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes `limit` bytes (the rest is never read)."""
+async def _read_capped(url: str, response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, refused as soon as it is known to pass `limit`: from its Content-Length,
+    or while reading (the rest is never read)."""
+    too_large = f"larger than {limit} bytes"
+    if response.content_length is not None and response.content_length > limit:
+        raise DocumentTooLarge(url, too_large)
     body = bytearray()
-    while chunk := await content.read(READ_CHUNK):
+    while chunk := await response.content.read(READ_CHUNK):
         body += chunk
         if len(body) > limit:
-            return None
+            raise DocumentTooLarge(url, too_large)
     return bytes(body)
 
 
 def _parse_yaml(url: str, body: bytes, max_bytes: int) -> Any:
     try:
-        document = yaml.load(body, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+        return _Jsonable(url, max_bytes).convert(yaml.load(body, Loader=_YAML_LOADER))
     except yaml.YAMLError as exc:
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidDocument(url, f"not JSON or YAML: {problem}") from None
     except RecursionError:
         raise InvalidDocument(url, "nested too deeply") from None
-    try:
-        return _Jsonable(max_bytes).convert(document)
-    except _NotJson as exc:
-        raise InvalidDocument(url, str(exc)) from None
-    except RecursionError:
-        raise InvalidDocument(url, "nested too deeply") from None
-
-
-class _NotJson(Exception):
-    """A YAML value the JSON the master stores cannot hold."""
 
 
 class _Jsonable:
@@ -146,34 +136,42 @@ class _Jsonable:
 
     YAML reads `200:` as an integer key and `2024-01-01` as a date: those become the
     strings they were written as. Aliases let a small file stand for a huge tree (the
-    "billion laughs"), so the copy stops after as many values as a JSON text of
-    `max_bytes` could hold.
+    "billion laughs"), so the copy counts the bytes its JSON text would take at least and
+    stops past `max_bytes`.
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        self.budget = max_bytes // 2  # a JSON value takes at least two bytes: `0,`
+    def __init__(self, url: str, max_bytes: int) -> None:
+        self.url = url
+        self.max_bytes = max_bytes
+        self.left = max_bytes
 
     def convert(self, value: Any) -> Any:
-        self.budget -= 1
-        if self.budget < 0:
-            raise DocumentTooLarge("", "")  # replaced by the caller's message below
+        self._spend(len(value) + 3 if isinstance(value, str) else 2)  # `"abc",` or `0,`
         if isinstance(value, dict):
             return {self._key(key): self.convert(item) for key, item in value.items()}
         if isinstance(value, list):
             return [self.convert(item) for item in value]
         if isinstance(value, float) and not math.isfinite(value):
-            raise _NotJson(f"{value} is not a JSON number")
+            raise InvalidDocument(self.url, f"{value} is not a JSON number")
         if value is None or isinstance(value, str | int | float | bool):
             return value
         if isinstance(value, datetime.date):
             return value.isoformat()
-        raise _NotJson(f"a YAML {type(value).__name__} has no JSON form")
+        raise InvalidDocument(self.url, f"a YAML {type(value).__name__} has no JSON form")
 
     def _key(self, key: Any) -> str:
-        if isinstance(key, str):
-            return key
-        if isinstance(key, bool) or key is None:
-            return "true" if key is True else "false" if key is False else "null"
-        if isinstance(key, int | float | datetime.date):
-            return key.isoformat() if isinstance(key, datetime.date) else str(key)
-        raise _NotJson(f"a YAML {type(key).__name__} cannot be a JSON object key")
+        if isinstance(key, datetime.date):
+            text = key.isoformat()
+        elif key is None or isinstance(key, bool | int | float):
+            text = json.dumps(key)  # as JSON writes such a key: 200 -> "200", true -> "true"
+        elif isinstance(key, str):
+            text = key
+        else:
+            raise InvalidDocument(self.url, f"a YAML {type(key).__name__} cannot be a key")
+        self._spend(len(text) + 3)  # `"abc":`
+        return text
+
+    def _spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise DocumentTooLarge(self.url, f"expands past {self.max_bytes} bytes as JSON")
