@@ -29,8 +29,13 @@ def start(name: str, argv: list[str], **env: str) -> subprocess.Popen[bytes]:
     log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it open
     print(f"  starting {name:<12} {' '.join(argv)}")
     return subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-        env={**os.environ, "PICOAPI_LOG_FORMAT": "json", **env}, start_new_session=True,
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "PICOAPI_LOG_FORMAT": "json", **env},
+        start_new_session=True,
     )
 
 
@@ -53,9 +58,15 @@ def wait_for(url: str, seconds: float = 15.0) -> None:
 def table(services: list[dict[str, object]]) -> str:
     rows = [("ID", "ADDRESS", "STATUS", "TAGS", "OPENAPI")]
     for s in services:
-        rows.append((str(s["id"]), f"{s['address']}:{s['port']}", str(s["status"]),
-                     ",".join(s["tags"]),  # type: ignore[arg-type]
-                     "yes" if s["openapi_sha256"] else "-"))
+        rows.append(
+            (
+                str(s["id"]),
+                f"{s['address']}:{s['port']}",
+                str(s["status"]),
+                ",".join(s["tags"]),  # type: ignore[arg-type]
+                "yes" if s["openapi_sha256"] else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
@@ -82,7 +93,15 @@ def main() -> int:
     sidecars: list[subprocess.Popen[bytes]] = []
     try:
         masters.append(start("master", [str(BIN / "picoapi-master"), "--listen", "127.0.0.1:9500"]))
-        site = ["-m", "http.server", "8081", "--bind", "127.0.0.1", "--directory", str(DEMO / "site")]
+        site = [
+            "-m",
+            "http.server",
+            "8081",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(DEMO / "site"),
+        ]
         services.append(start("static-site", [sys.executable, *site]))
         configs = [DEMO / "static-site.yaml"]
         node = shutil.which("node")

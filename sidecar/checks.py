@@ -261,14 +261,13 @@ class ProcessProbe(Check):
         spec, cached = self.spec, self._found
         if spec.pidfile is not None:
             pid = _read_pidfile(spec.pidfile)
-            if cached is not None and cached.pid == pid and cached.is_running():
+            if cached is not None and cached.pid == pid and _alive(cached):
                 return cached, False
             try:
                 return psutil.Process(pid), True
             except psutil.NoSuchProcess:
                 raise _NotRunning(f"no process {pid} (from pidfile {spec.pidfile})") from None
-        # is_running compares the start time too, so a reused pid is not taken for ours.
-        if cached is not None and cached.is_running():
+        if cached is not None and _alive(cached):
             return cached, False
         return self._scan(), True
 
@@ -291,6 +290,14 @@ class ProcessProbe(Check):
                 raise _NotRunning(f"no process named {name!r}")
             raise _NotRunning(f"no process with {needle!r} in its command line")
         return min(matches, key=lambda proc: proc.info["create_time"] or 0.0)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """is_running compares the start time too, so a reused pid is not taken for ours."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _read_pidfile(path: str) -> int:

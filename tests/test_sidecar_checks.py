@@ -190,6 +190,9 @@ async def test_process_by_cmdline(node_service: NodeService) -> None:
     probe = ProcessProbe(ProcessCheck(cmdline=f"server.js 0 {node_service.marker}"), 2.0)
     result = await probe.run()
     assert result.output == f"process {node_service.pid} (node) is running"
+    await probe.run()  # the process found is kept: no new scan, and a cpu figure
+    assert probe.process is not None
+    assert isinstance(probe.process["cpu_percent"], float)
 
     node_service.kill()
     gone = await probe.run()

@@ -1,0 +1,341 @@
+"""End to end: the real master, the real sidecar and a real Node.js service, as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BIN, Daemon, Master, http_request, wait_until
+from tests.service_fixture import NodeService, start_node_service
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def service() -> Iterator[NodeService]:
+    with start_node_service() as node:
+        yield node
+
+
+class Sidecar(Daemon):
+    url: str
+    config_path: Path
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = http_request("GET", f"{self.url}/status").json()
+        return answer
+
+
+def sidecar_yaml(
+    service: NodeService,
+    master_url: str,
+    port: int,
+    *,
+    tags: str = "[a, b]",
+    resync: str = "30s",
+    extra: str = "",
+) -> str:
+    return f"""\
+service:
+  name: node-api
+  id: node-api-1
+  address: 127.0.0.1
+  port: {service.port}
+  tags: {tags}
+  meta: {{team: data}}
+  openapi: /openapi.json
+check:
+  http: /healthz
+  interval: 1s
+  timeout: 500ms
+  deregister_after: 0
+master:
+  url: {master_url}
+sidecar:
+  listen: 127.0.0.1:{port}
+  advertise: 127.0.0.1:{port}
+  resync: {resync}
+{extra}"""
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
+    started: list[Sidecar] = []
+
+    def start(yaml_text: str, port: int, name: str = "service.yaml") -> Sidecar:
+        path = tmp_path / name
+        path.write_text(yaml_text)
+        sidecar = Sidecar(
+            [str(BIN / "picoapi-sidecar"), "--log-format", "json", "run", str(path)],
+            tmp_path / f"sidecar-{len(started)}.log",
+        )
+        sidecar.url = f"http://127.0.0.1:{port}"
+        sidecar.config_path = path
+        started.append(sidecar)
+        sidecar.wait_for_event("sidecar_started")
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        sidecar.stop()
+
+
+def record(master: Master, ident: str = "node-api-1") -> dict[str, Any] | None:
+    answer = master.request("GET", f"/v1/services/{ident}")
+    return answer.json() if answer.status == 200 else None
+
+
+def test_registers_with_tags_document_and_health(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    sidecar = start_sidecar(sidecar_yaml(service, master.url, port), port)
+    got = wait_until(
+        lambda: (r := record(master)) and r["status"] == "passing" and r,
+        message="registered and passing",
+    )
+    assert got["tags"] == ["a", "b"] and got["meta"] == {"team": "data"}
+    assert got["port"] == service.port and got["address"] == "127.0.0.1"
+    assert got["check"]["url"] == f"http://127.0.0.1:{port}/health"
+    doc = master.request("GET", "/v1/services/node-api-1/openapi")
+    assert doc.status == 200 and doc.json()["openapi"].startswith("3.")
+    # health transitions reach the master through the sidecar's /health
+    service.set_health(503, "db down")
+    wait_until(lambda: record(master)["status"] == "critical", message="critical")  # type: ignore[index]
+    assert "db down" in record(master)["last_check"]["output"]  # type: ignore[index]
+    service.set_health(429, "busy")
+    wait_until(lambda: record(master)["status"] == "warning", message="warning")  # type: ignore[index]
+    service.set_health(200)
+    wait_until(lambda: record(master)["status"] == "passing", message="passing")  # type: ignore[index]
+    health = http_request("GET", f"{sidecar.url}/health")
+    assert health.status == 200 and health.json()["check"] == "http"
+    # the service dies: critical at the master, the sidecar keeps running
+    service.kill()
+    wait_until(lambda: record(master)["status"] == "critical", message="critical when killed")  # type: ignore[index]
+    assert http_request("GET", f"{sidecar.url}/health").status == 503
+    assert sidecar.proc.poll() is None
+
+
+def test_master_down_at_start_then_up(
+    start_master: Any, start_sidecar: Any, service: NodeService, tmp_path: Path
+) -> None:
+    master_port = free_port()
+    port = free_port()
+    sidecar = start_sidecar(sidecar_yaml(service, f"http://127.0.0.1:{master_port}", port), port)
+    sidecar.wait_for_event("sync_failed")
+    assert http_request("GET", f"{sidecar.url}/health").status == 200  # still serving
+    assert sidecar.status()["registered"] is False
+    master = start_master("--listen", f"127.0.0.1:{master_port}")
+    # backoff is capped and jittered: the first attempts come quickly
+    wait_until(lambda: record(master), timeout=15, message="registered once the master is up")
+    assert sidecar.proc.poll() is None
+
+
+def test_master_restarted_with_empty_store_gets_it_back(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master_port = free_port()
+    master = start_master("--listen", f"127.0.0.1:{master_port}", store="memory://")
+    port = free_port()
+    start_sidecar(sidecar_yaml(service, master.url, port, resync="2s"), port)
+    wait_until(lambda: record(master), message="registered")
+    master.stop()
+    again = start_master("--listen", f"127.0.0.1:{master_port}", store="memory://")
+    assert record(again) is None
+    got = wait_until(lambda: record(again), timeout=8, message="back within one resync")
+    assert got["openapi_sha256"], "the document is re-sent to a master that lost it"
+
+
+def test_resync_changes_nothing_at_the_master(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    start_sidecar(sidecar_yaml(service, master.url, port, resync="1s"), port)
+    first = wait_until(lambda: (r := record(master)) and r["status"] == "passing" and r)
+    index = master.request("GET", "/v1/services").headers["x-picoapi-index"]
+    time.sleep(3.5)  # three resyncs and three checks
+    assert master.request("GET", "/v1/services").headers["x-picoapi-index"] == index
+    assert record(master)["updated_at"] == first["updated_at"]  # type: ignore[index]
+
+
+def test_document_change_reaches_the_master(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    start_sidecar(sidecar_yaml(service, master.url, port, resync="1s"), port)
+    first = wait_until(lambda: (r := record(master)) and r["openapi_sha256"])
+    new_doc = {"openapi": "3.0.3", "info": {"title": "v2", "version": "2"}, "paths": {"/x": {}}}
+    service.set_openapi(new_doc)
+    wait_until(lambda: record(master)["openapi_sha256"] != first, timeout=6)  # type: ignore[index]
+    assert master.request("GET", "/v1/services/node-api-1/openapi").json() == new_doc
+
+
+def _edit_in_place(path: Path, text: str) -> None:
+    with open(path, "r+") as handle:
+        handle.seek(0)
+        handle.write(text)
+        handle.truncate()
+
+
+def _atomic_rename(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _symlink_swap(path: Path, text: str) -> None:
+    """What the kubelet does for a ConfigMap: a new ..data dir, then swap the ..data link."""
+    root = path.parent
+    new_dir = root / f"..{time.time_ns()}"
+    new_dir.mkdir()
+    (new_dir / "service.yaml").write_text(text)
+    link = root / "..data_tmp"
+    link.symlink_to(new_dir.name)
+    os.replace(link, root / "..data")
+
+
+@pytest.mark.parametrize("edit", ["in_place", "rename", "symlink_swap", "sighup"])
+def test_tag_edit_reaches_the_master(
+    start_master: Any, start_sidecar: Any, service: NodeService, tmp_path: Path, edit: str
+) -> None:
+    master = start_master()
+    port = free_port()
+    text = sidecar_yaml(service, master.url, port)
+    if edit == "symlink_swap":
+        config_dir = tmp_path / "configmap"
+        config_dir.mkdir()
+        first = config_dir / "..1"
+        first.mkdir()
+        (first / "service.yaml").write_text(text)
+        (config_dir / "..data").symlink_to("..1")
+        (config_dir / "service.yaml").symlink_to("..data/service.yaml")
+        sidecar = Sidecar(
+            [
+                str(BIN / "picoapi-sidecar"),
+                "--log-format",
+                "json",
+                "run",
+                str(config_dir / "service.yaml"),
+            ],
+            tmp_path / "sidecar-cm.log",
+        )
+        sidecar.url = f"http://127.0.0.1:{port}"
+        try:
+            sidecar.wait_for_event("sidecar_started")
+            _check_edit(master, sidecar, config_dir / "service.yaml", text, _symlink_swap)
+        finally:
+            sidecar.stop()
+        return
+    sidecar = start_sidecar(text, port)
+    if edit == "sighup":
+
+        def write_and_hup(path: Path, new: str) -> None:
+            _edit_in_place(path, new)
+            sidecar.signal(signal.SIGHUP)
+
+        _check_edit(master, sidecar, sidecar.config_path, text, write_and_hup)
+    else:
+        writer = _edit_in_place if edit == "in_place" else _atomic_rename
+        _check_edit(master, sidecar, sidecar.config_path, text, writer)
+
+
+def _check_edit(
+    master: Master, sidecar: Sidecar, path: Path, text: str, write: Callable[[Path, str], None]
+) -> None:
+    wait_until(lambda: (r := record(master)) and r["status"] == "passing")
+    index = int(master.request("GET", "/v1/services").headers["x-picoapi-index"])
+    started = time.monotonic()
+    write(path, text.replace("tags: [a, b]", "tags: [a, b, edited]"))
+    wait_until(
+        lambda: record(master)["tags"] == ["a", "b", "edited"],
+        timeout=2.0,  # type: ignore[index]
+        message="tag edit at the master within 2 s",
+    )
+    elapsed = time.monotonic() - started
+    after = record(master)
+    assert after is not None and after["status"] == "passing", "status kept across a reload"
+    # one change for watchers, not a remove and re-add
+    assert int(master.request("GET", "/v1/services").headers["x-picoapi-index"]) == index + 1
+    sidecar.wait_for_event("config_reloaded")
+    assert elapsed < 2.0
+
+
+def test_bad_edit_keeps_last_good_config(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    text = sidecar_yaml(service, master.url, port)
+    sidecar = start_sidecar(text, port)
+    wait_until(lambda: record(master))
+    _edit_in_place(sidecar.config_path, text.replace(f"port: {service.port}", "port: eighty"))
+    rejected = sidecar.wait_for_event("config_rejected")
+    assert any("service.port" in line and ":5:" in line for line in rejected["errors"])
+    assert sidecar.status()["config_error"]
+    time.sleep(0.5)
+    assert sidecar.proc.poll() is None
+    assert record(master)["port"] == service.port  # type: ignore[index]
+    # a good edit after the bad one is taken
+    _edit_in_place(sidecar.config_path, text.replace("tags: [a, b]", "tags: [fixed]"))
+    wait_until(lambda: record(master)["tags"] == ["fixed"], timeout=3)  # type: ignore[index]
+
+
+def test_sigterm_deregisters_and_exits_zero(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    sidecar = start_sidecar(sidecar_yaml(service, master.url, port), port)
+    wait_until(lambda: record(master))
+    started = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+    assert time.monotonic() - started < 5
+    assert record(master) is None
+    assert "deregistered" in [e["event"] for e in sidecar.events()]
+
+
+def test_drain_deregisters_and_stays_away(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    sidecar = start_sidecar(sidecar_yaml(service, master.url, port, resync="1s"), port)
+    wait_until(lambda: record(master))
+    answer = http_request("POST", f"{sidecar.url}/drain")
+    assert answer.status == 200 and answer.json()["drained"] is True
+    assert record(master) is None
+    time.sleep(2.5)  # two resyncs would have re-registered it
+    assert record(master) is None
+    assert sidecar.status()["drained"] is True
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+
+
+def test_sidecar_surface(start_master: Any, start_sidecar: Any, service: NodeService) -> None:
+    master = start_master()
+    port = free_port()
+    sidecar = start_sidecar(sidecar_yaml(service, master.url, port), port)
+    wait_until(lambda: (r := record(master)) and r["openapi_sha256"])
+    status = sidecar.status()
+    assert status["registered"] is True and status["master_url"] == master.url
+    assert status["registration"]["tags"] == ["a", "b"]
+    doc = http_request("GET", f"{sidecar.url}/openapi.json")
+    assert doc.status == 200 and "openapi" in doc.json()
+    metrics = http_request("GET", f"{sidecar.url}/metrics").body.decode()
+    assert "picoapi_sidecar_registered 1.0" in metrics
+    assert "process_resident_memory_bytes" in metrics
