@@ -1,6 +1,8 @@
 """The Node.js test service (tests/service/server.js) as a process, for any test to use.
 
-    from tests.service_fixture import http_session, node_service  # noqa: F401
+    from tests import service_fixture
+    node_service = service_fixture.node_service  # bound, not imported: no F811 on uses
+    http_session = service_fixture.http_session
 
 `node_service` is a pytest fixture; `start_node_service` is the context manager behind it,
 for tests that want a second service or one of their own. Either kills the process by its
