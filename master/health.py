@@ -11,12 +11,8 @@ delays nobody else.
 from __future__ import annotations
 
 import asyncio
-import codecs
-import errno
 import heapq
 import random
-import socket
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,16 +22,12 @@ from typing import Final
 import aiohttp
 import structlog
 
+from master import probe
 from master.metrics import Metrics
-from master.model import OUTPUT_MAX, CheckResult, CheckSpec, Record, Status, format_duration
+from master.model import CheckResult, CheckSpec, Record, Status
 from master.registry import Registry
 
 log = structlog.get_logger("master.health")
-
-# The status mapping: 2xx passing, 429 warning, anything else critical.
-PASSING_CODES: Final = range(200, 300)
-WARNING_CODE: Final = 429
-FOLLOW_REDIRECTS: Final = False  # a redirect is an answer, not health: Consul does the same
 
 DEFAULT_CONCURRENCY: Final = 512
 # Shorter than the usual server keep-alive (aiohttp's 75 s), so we drop an idle connection
@@ -53,66 +45,7 @@ ClientSessionFactory = Callable[[], aiohttp.ClientSession]
 
 async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
     """GET `url` once: 2xx passing, 429 warning, anything else (and every failure) critical."""
-    started = time.perf_counter()
-    try:
-        async with (
-            asyncio.timeout(timeout),
-            session.get(url, allow_redirects=FOLLOW_REDIRECTS) as response,
-        ):
-            body = await _read_capped(response.content, OUTPUT_MAX)
-    except TimeoutError:
-        return _failure(f"timed out after {format_duration(timeout)}", started)
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return _failure(_describe_error(exc), started)
-    if response.status in PASSING_CODES:
-        status = Status.PASSING
-    elif response.status == WARNING_CODE:
-        status = Status.WARNING
-    else:
-        status = Status.CRITICAL
-    # A body cut at the cap may end inside a character: leave that partial character out.
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    output = decoder.decode(body, final=len(body) < OUTPUT_MAX)
-    return CheckResult(
-        status=status,
-        output=output or f"HTTP {response.status} {response.reason or ''}".rstrip(),
-        duration_ms=(time.perf_counter() - started) * 1000,
-        http_status=response.status,
-    )
-
-
-async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to `limit` bytes of a body; the rest is never read (the connection is dropped)."""
-    body = bytearray()
-    while len(body) < limit:
-        chunk = await content.read(limit - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return bytes(body)
-
-
-def _failure(output: str, started: float) -> CheckResult:
-    return CheckResult(
-        status=Status.CRITICAL,
-        output=output,
-        duration_ms=(time.perf_counter() - started) * 1000,
-    )
-
-
-def _describe_error(exc: BaseException) -> str:
-    """A short, human text for why a probe got no answer."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
-        where = f"{exc.host}:{exc.port}"
-        if isinstance(os_error, socket.gaierror):
-            return f"DNS lookup failed for {exc.host}: {os_error.strerror or os_error}"
-        if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
-            return f"connection refused by {where}"
-        return f"cannot connect to {where}: {os_error.strerror or os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection without answering"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return await probe.probe_http(session, url, timeout, user_agent=USER_AGENT)
 
 
 # --- the thresholds --------------------------------------------------------------------

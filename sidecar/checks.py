@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import codecs
 import contextlib
-import errno
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,12 +27,9 @@ import aiohttp
 import psutil
 
 from master.model import OUTPUT_MAX, CheckResult, Status, format_duration
+from master.probe import critical, decode_capped, describe_os_error, elapsed_ms, probe_http
 from sidecar.config import CheckConfig, ExecCheck, HttpCheck, ProcessCheck, TcpCheck
 
-# The status mapping: 2xx passing, 429 warning, anything else critical (as the master does).
-PASSING_CODES: Final = range(200, 300)
-WARNING_CODE: Final = 429
-FOLLOW_REDIRECTS: Final = False  # a redirect is an answer, not health: Consul does the same
 USER_AGENT: Final = "picoapi-sidecar-check"
 
 # Exec: the Nagios convention Consul follows.
@@ -129,46 +123,7 @@ class HttpProbe(Check):
         self.url = url
 
     async def run(self) -> CheckResult:
-        started = time.perf_counter()
-        try:
-            async with (
-                asyncio.timeout(self.timeout),
-                self.session.get(
-                    self.url,
-                    allow_redirects=FOLLOW_REDIRECTS,
-                    headers={"User-Agent": USER_AGENT},
-                ) as response,
-            ):
-                # Leaving the block with the body unread drops the connection, so a huge
-                # body is never transferred past the cap.
-                body = await _read_http_capped(response.content, OUTPUT_MAX)
-        except TimeoutError:
-            return _critical(f"timed out after {format_duration(self.timeout)}", started)
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _critical(describe_error(exc), started)
-        if response.status in PASSING_CODES:
-            status = Status.PASSING
-        elif response.status == WARNING_CODE:
-            status = Status.WARNING
-        else:
-            status = Status.CRITICAL
-        output = _decode_capped(body)
-        return CheckResult(
-            status=status,
-            output=output or f"HTTP {response.status} {response.reason or ''}".rstrip(),
-            duration_ms=_elapsed_ms(started),
-            http_status=response.status,
-        )
-
-
-async def _read_http_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    body = bytearray()
-    while len(body) < limit:
-        chunk = await content.read(limit - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return bytes(body)
+        return await probe_http(self.session, self.url, self.timeout, user_agent=USER_AGENT)
 
 
 # --- TCP -------------------------------------------------------------------------------
@@ -193,10 +148,10 @@ class TcpProbe(Check):
                 writer.close()
                 await writer.wait_closed()
         except TimeoutError:
-            return _critical(f"timed out after {format_duration(self.timeout)}", started)
+            return critical(f"timed out after {format_duration(self.timeout)}", started)
         except OSError as exc:
-            return _critical(_describe_os_error(exc, self.host, self.port), started)
-        return CheckResult(Status.PASSING, f"connected to {where}", _elapsed_ms(started))
+            return critical(describe_os_error(exc, self.host, self.port), started)
+        return CheckResult(Status.PASSING, f"connected to {where}", elapsed_ms(started))
 
 
 # --- process ---------------------------------------------------------------------------
@@ -231,9 +186,9 @@ class ProcessProbe(Check):
                 status, output, figures = await asyncio.to_thread(self._probe)
         except TimeoutError:
             self.process = None
-            return _critical(f"timed out after {format_duration(self.timeout)}", started)
+            return critical(f"timed out after {format_duration(self.timeout)}", started)
         self.process = figures
-        return CheckResult(status, output, _elapsed_ms(started))
+        return CheckResult(status, output, elapsed_ms(started))
 
     def _probe(self) -> tuple[Status, str, ProcessFigures | None]:
         with self._lock:
@@ -361,20 +316,20 @@ class ExecProbe(Check):
                 start_new_session=True,
             )
         except FileNotFoundError:
-            return _critical(f"cannot run {program}: no such executable", started)
+            return critical(f"cannot run {program}: no such executable", started)
         except PermissionError:
-            return _critical(f"cannot run {program}: permission denied", started)
+            return critical(f"cannot run {program}: permission denied", started)
         except OSError as exc:
-            return _critical(f"cannot run {program}: {exc.strerror or exc}", started)
+            return critical(f"cannot run {program}: {exc.strerror or exc}", started)
         assert proc.stdout is not None  # asked for with PIPE
         finished = False
         try:
             async with asyncio.timeout(self.timeout):
-                output = _decode_capped(await _drain_capped(proc.stdout, OUTPUT_MAX))
+                output = decode_capped(await _drain_capped(proc.stdout, OUTPUT_MAX))
                 code = await proc.wait()
             finished = True
         except TimeoutError:
-            return _critical(f"timed out after {format_duration(self.timeout)}", started)
+            return critical(f"timed out after {format_duration(self.timeout)}", started)
         finally:
             # Timed out or cancelled: the group goes, also a child that still holds the
             # pipe after the command itself has exited.
@@ -390,7 +345,7 @@ class ExecProbe(Check):
             status = Status.CRITICAL
         if code < 0:
             output = output or f"killed by signal {signal.Signals(-code).name}"
-        return CheckResult(status, output or f"exit status {code}", _elapsed_ms(started))
+        return CheckResult(status, output or f"exit status {code}", elapsed_ms(started))
 
 
 async def _drain_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
@@ -401,38 +356,3 @@ async def _drain_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
         if len(kept) < limit:
             kept += chunk[: limit - len(kept)]
     return bytes(kept)
-
-
-# --- shared helpers --------------------------------------------------------------------
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, human text for why a request got no answer ("connection refused by ...")."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return _describe_os_error(exc.os_error, exc.host, exc.port)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection without answering"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _describe_os_error(exc: OSError, host: str, port: int | None) -> str:
-    where = f"{host}:{port}"
-    if isinstance(exc, socket.gaierror):
-        return f"DNS lookup failed for {host}: {exc.strerror or exc}"
-    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
-        return f"connection refused by {where}"
-    return f"cannot connect to {where}: {exc.strerror or exc}"
-
-
-def _decode_capped(data: bytes) -> str:
-    """UTF-8 text of a capped output; a character cut in two by the cap is left out."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    return decoder.decode(data, final=len(data) < OUTPUT_MAX)
-
-
-def _critical(output: str, started: float) -> CheckResult:
-    return CheckResult(Status.CRITICAL, output, _elapsed_ms(started))
-
-
-def _elapsed_ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,103 @@
+"""The HTTP probe, shared by the master's checks and the sidecar's `http` check.
+
+One GET turns into a CheckResult; a failed probe is data, never an exception. The status
+mapping, the 4 KiB output cap and the redirect rule live here once, so a service reads the
+same whether the master checks it or its sidecar does. (The sidecar may import this module:
+like `master.model`, it knows nothing of the registry.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import errno
+import socket
+import time
+from typing import Final
+
+import aiohttp
+
+from master.model import OUTPUT_MAX, CheckResult, Status, format_duration
+
+PASSING_CODES: Final = range(200, 300)
+WARNING_CODE: Final = 429
+FOLLOW_REDIRECTS: Final = False  # a redirect is an answer, not health: Consul does the same
+
+
+def status_of(http_status: int) -> Status:
+    """2xx passing, 429 warning, anything else critical."""
+    if http_status in PASSING_CODES:
+        return Status.PASSING
+    if http_status == WARNING_CODE:
+        return Status.WARNING
+    return Status.CRITICAL
+
+
+async def probe_http(
+    session: aiohttp.ClientSession, url: str, timeout: float, *, user_agent: str
+) -> CheckResult:
+    """GET `url` once, reading at most OUTPUT_MAX bytes of the body."""
+    started = time.perf_counter()
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            session.get(
+                url, allow_redirects=FOLLOW_REDIRECTS, headers={"User-Agent": user_agent}
+            ) as response,
+        ):
+            # Leaving the block with the body unread drops the connection, so a huge body
+            # is never transferred past the cap.
+            body = await read_capped(response.content, OUTPUT_MAX)
+    except TimeoutError:
+        return critical(f"timed out after {format_duration(timeout)}", started)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return critical(describe_error(exc), started)
+    return CheckResult(
+        status=status_of(response.status),
+        output=decode_capped(body) or f"HTTP {response.status} {response.reason or ''}".rstrip(),
+        duration_ms=elapsed_ms(started),
+        http_status=response.status,
+    )
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to `limit` bytes of a body; the rest is never read."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
+def decode_capped(data: bytes) -> str:
+    """UTF-8 text of a capped output; a character cut in two by the cap is left out."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    return decoder.decode(data, final=len(data) < OUTPUT_MAX)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, human text for why a request got no answer ("connection refused by ...")."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_os_error(exc.os_error, exc.host, exc.port)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection without answering"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def describe_os_error(exc: OSError, host: str, port: int | None) -> str:
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"DNS lookup failed for {host}: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return f"connection refused by {where}"
+    return f"cannot connect to {where}: {exc.strerror or exc}"
+
+
+def critical(output: str, started: float) -> CheckResult:
+    return CheckResult(Status.CRITICAL, output, elapsed_ms(started))
+
+
+def elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
