@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import sys
 from typing import Final
 
@@ -19,7 +17,7 @@ from aiohttp import web
 
 from master.auth import Auth, TokenFile, TokenFileError
 from master.config import ConfigError, MasterConfig, parse_master_config
-from master.logs import configure_logging
+from master.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
 from master.store import open_store_url
 
 log = structlog.get_logger("master")
@@ -58,36 +56,16 @@ async def serve(app: web.Application, config: MasterConfig) -> int:
         log.error("startup_failed", reason=str(exc), store=config.store)
         await runner.cleanup()
         return 1
+    listen = f"{config.listen_host}:{config.listen_port}"
     try:
-        sock = socket.create_server(
-            (config.listen_host, config.listen_port),
-            family=socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET,
-            backlog=1024,
-        )
+        sock = listen_socket(config.listen_host, config.listen_port, backlog=1024)
     except OSError as exc:
-        log.error(
-            "listen_failed",
-            listen=f"{config.listen_host}:{config.listen_port}",
-            reason=exc.strerror,
-        )
+        log.error("listen_failed", listen=listen, reason=exc.strerror)
         await runner.cleanup()
         return EXIT_CONFIG
+    stop = stop_on_signals()
     await web.SockSite(runner, sock).start()
-    host, port = sock.getsockname()[:2]
-    log.info("master_started", listen=f"{host}:{port}", store=config.store, pid=os.getpid())
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("forced_exit", signal=signal.Signals(signum).name)
-            os._exit(1)
-        log.info("shutdown_requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    log.info("master_started", listen=bound_address(sock), store=config.store, pid=os.getpid())
     await stop.wait()
     await runner.cleanup()
     log.info("master_stopped")

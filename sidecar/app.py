@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Final
 
@@ -18,7 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from master.logs import configure_logging
+from master.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config
 from sidecar.server import Sidecar, build_server
@@ -57,42 +56,22 @@ async def serve(path: Path, config: Config) -> int:
     await runner.setup()
     listen = config.sidecar
     try:
-        sock = socket.create_server(
-            (listen.listen_host, listen.listen_port),
-            family=socket.AF_INET6 if ":" in listen.listen_host else socket.AF_INET,
-            backlog=256,
-        )
+        sock = listen_socket(listen.listen_host, listen.listen_port, backlog=256)
     except OSError as exc:
-        log.error(
-            "listen_failed",
-            listen=f"{listen.listen_host}:{listen.listen_port}",
-            reason=exc.strerror,
-        )
+        log.error("listen_failed", listen=listen.listen, reason=exc.strerror)
         await runner.cleanup()
         await session.close()
         return EXIT_CONFIG
+    stop = stop_on_signals()
     await web.SockSite(runner, sock).start()
-    host, port = sock.getsockname()[:2]
     log.info(
         "sidecar_started",
-        listen=f"{host}:{port}",
+        listen=bound_address(sock),
         service_id=config.service.id,
         master_urls=list(config.master.urls),
         pid=os.getpid(),
     )
-
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("forced_exit", signal=signal.Signals(signum).name)
-            os._exit(1)
-        log.info("shutdown_requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
 
     syncer.start()
