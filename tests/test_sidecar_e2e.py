@@ -339,3 +339,17 @@ def test_sidecar_surface(start_master: Any, start_sidecar: Any, service: NodeSer
     metrics = http_request("GET", f"{sidecar.url}/metrics").body.decode()
     assert "picoapi_sidecar_registered 1.0" in metrics
     assert "process_resident_memory_bytes" in metrics
+
+
+def test_master_urls_are_tried_in_order(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    dead = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    text = sidecar_yaml(service, "PLACEHOLDER", port).replace(
+        "  url: PLACEHOLDER", f"  url: [{dead}, {master.url}]"
+    )
+    sidecar = start_sidecar(text, port)
+    wait_until(lambda: record(master), message="registered through the second url")
+    assert sidecar.status()["master_url"] == master.url
