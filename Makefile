@@ -25,3 +25,32 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) picoapi-data .pytest_cache .mypy_cache .ruff_cache
+
+# The benchmark (issue 5) runs in its own venvs, so the test venv holds only what
+# pyproject.toml declares: bench/.venv has the project (editable) with matplotlib and
+# py-spy; bench/.venv-picoapi has the original picoapi 1.0.4 master and its server.
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+PICOAPI_STAMP := bench/.venv-picoapi/.installed
+NEED_NODE := command -v node >/dev/null 2>&1 || { apt-get update -q && \
+	apt-get install -y -q --no-install-recommends nodejs; }
+
+$(BENCH_STAMP): pyproject.toml
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -e . matplotlib py-spy
+	touch $@
+
+$(PICOAPI_STAMP):
+	$(PY) -m venv bench/.venv-picoapi
+	bench/.venv-picoapi/bin/pip install -q --upgrade pip
+	bench/.venv-picoapi/bin/pip install -q picoapi==1.0.4 'uvicorn[standard]'
+	touch $@
+
+bench: $(BENCH_STAMP) $(PICOAPI_STAMP)
+	@$(NEED_NODE)
+	$(BENCH_VENV)/bin/python -m bench.run --mode full --profile
+
+bench-quick: $(BENCH_STAMP) $(PICOAPI_STAMP)
+	@$(NEED_NODE)
+	$(BENCH_VENV)/bin/python -m bench.run --mode quick

@@ -1,12 +1,14 @@
 """How many health checks the master's scheduler sustains, and how late they start.
 
-Starts a target swarm (one aiohttp server in a child process, listening on many ports of
-127.0.0.1), registers N services in a Registry(MemoryStore()) in this process, runs the
-HealthScheduler for a while and prints checks/s, lag percentiles, CPU and RSS.
+The in-process companion of `make bench`'s health-check case (bench/case_health.py, which
+runs the real master process): starts the same target swarm (bench/swarm.py, one aiohttp
+process listening on many ports of 127.0.0.1), registers N services in a
+Registry(MemoryStore()) in this process, runs the HealthScheduler for a while and prints
+checks/s, lag percentiles, CPU and RSS. No HTTP API in the way: handy under a profiler.
 
-    .venv/bin/python bench/check_capacity.py                     # 10,000 services at 10 s
-    .venv/bin/python bench/check_capacity.py --services 2000 --duration 10
-    .venv/bin/python bench/check_capacity.py --fresh-connections # no keep-alive reuse
+    .venv/bin/python -m bench.check_capacity                     # 10,000 services at 10 s
+    .venv/bin/python -m bench.check_capacity --services 2000 --duration 10
+    .venv/bin/python -m bench.check_capacity --fresh-connections # no keep-alive reuse
 
 With keep-alive, the swarm's few ports let services share pooled connections, which real
 services on distinct hosts cannot; `--fresh-connections` opens a new connection for every
@@ -20,13 +22,14 @@ import asyncio
 import json
 import logging
 import sys
+import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import aiohttp
 import psutil
 import structlog
-from aiohttp import web
 
 from master.health import DEFAULT_CONCURRENCY, HealthScheduler
 from master.metrics import Metrics
@@ -39,28 +42,6 @@ DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_DURATION = 30.0
 DEFAULT_PORTS = 50
-HEALTH_BODY = json.dumps({"status": "passing", "check": "http", "output": "ok", "duration_ms": 1})
-
-
-# --- the target swarm (runs in the child process) ----------------------------------------
-
-
-async def _health(request: web.Request) -> web.Response:
-    return web.Response(text=HEALTH_BODY, content_type="application/json")
-
-
-async def serve_swarm(ports: int) -> None:
-    """Listen on `ports` ports, print them as one JSON line, serve until stdin closes."""
-    app = web.Application()
-    app.router.add_get("/health/{id}", _health)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    for _ in range(ports):
-        await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
-    print(json.dumps([address[1] for address in runner.addresses]), flush=True)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)  # the parent closing stdin ends us
-    await runner.cleanup()
 
 
 # --- the benchmark (runs in this process) -----------------------------------------------
@@ -84,17 +65,20 @@ def histogram_share_over(metrics: Metrics, name: str, bound: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    swarm = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--swarm",
-        "--ports",
-        str(args.ports),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert swarm.stdout is not None and swarm.stdin is not None
-    ports: list[int] = json.loads(await swarm.stdout.readline())
+    with tempfile.TemporaryDirectory() as tmp:
+        ports_file = Path(tmp) / "ports.json"
+        swarm = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.swarm",
+            str(args.ports),
+            str(ports_file),
+            str(args.interval),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert swarm.stdout is not None
+        await swarm.stdout.readline()  # LISTENING: the ports file is written
+        ports: list[int] = json.loads(ports_file.read_text())
     registry = Registry(MemoryStore())
     await registry.load()
     metrics = Metrics()
@@ -134,7 +118,7 @@ async def run(args: argparse.Namespace) -> None:
         statuses = {s.value: len(registry.query(status=s)) for s in Status}
     finally:
         await scheduler.stop()
-        swarm.stdin.close()
+        swarm.terminate()
         await swarm.wait()
 
     lag_name = "picoapi_check_lag_seconds"
@@ -186,11 +170,10 @@ def main() -> None:
     parser.add_argument("--ports", type=int, default=DEFAULT_PORTS)
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--fresh-connections", action="store_true")
-    parser.add_argument("--swarm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # One log line per registration and status change would measure the console, not us.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    asyncio.run(serve_swarm(args.ports) if args.swarm else run(args))
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -139,9 +139,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     response = await handler(request)
-    metrics = request.app[METRICS]
-    metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
-    metrics.requests.labels(request.method, name, str(response.status)).inc()
+    request.app[METRICS].observe_request(
+        request.method, name, response.status, time.perf_counter() - started
+    )
     return response
 
 

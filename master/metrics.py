@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -55,6 +57,21 @@ class Metrics:
         self.store_errors = Counter(
             "picoapi_store_errors", "Writes the store failed to commit.", registry=self.registry
         )
+
+        # (method, route, code) -> the two labelled children, looked up once: labels() takes
+        # a lock and checks its arguments on every call, a cost paid on every request.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
+        key = (method, route, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.request_seconds.labels(route),
+                self.requests.labels(method, route, str(code)),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -99,7 +99,7 @@ class Registry:
         else:
             candidates.sort(key=len)
             smallest, *rest = candidates
-            ids = [i for i in smallest if all(i in other for other in rest)]
+            ids = [i for i in smallest if all(i in other for other in rest)] if rest else smallest
         return [self._records[i] for i in sorted(ids)]
 
     def tag_counts(self) -> dict[str, int]:

@@ -1,0 +1,29 @@
+"""The sidecar's floor: a bare Python process importing what the sidecar cannot do without
+(aiohttp, pyyaml, psutil, structlog) and serving one route. Nothing a sidecar could shed
+is here, so its RSS is the least any Python sidecar on these libraries can weigh.
+
+    python -m bench.floor      # prints "LISTENING <port>"; SIGTERM stops it
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+import structlog
+import yaml
+from aiohttp import web
+
+from bench.daemons import serve_until_signal
+
+LIBRARIES = (psutil, structlog, yaml)  # imported for their weight, as the sidecar does
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "passing"})
+
+
+if __name__ == "__main__":
+    app = web.Application()
+    app.router.add_get("/health", health)
+    asyncio.run(serve_until_signal(app))

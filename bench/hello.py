@@ -1,0 +1,32 @@
+"""The ceiling: a plain aiohttp server that reads the request and answers a small JSON.
+
+    python -m bench.hello      # prints "LISTENING <port>" on stdout; SIGTERM stops it
+
+No middlewares, no routing table to speak of, no validation, no store: whatever the load
+generator gets from this is as fast as aiohttp (and the client) go on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from bench.daemons import serve_until_signal
+
+BODY = b'{"status":"ok"}'
+
+
+async def answer(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(body=BODY, content_type="application/json")
+
+
+def build() -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+if __name__ == "__main__":
+    asyncio.run(serve_until_signal(build()))

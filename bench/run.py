@@ -1,0 +1,135 @@
+"""Run the benchmark: every case of issue 5, then latest.json, latest.md and the plots.
+
+    bench/.venv/bin/python -m bench.run --mode quick          # make bench-quick, < 3 min
+    bench/.venv/bin/python -m bench.run --mode full --profile # make bench
+    bench/.venv/bin/python -m bench.run --mode quick --cases registration,memory
+
+Run from the repository root, in bench/.venv (the project installed with matplotlib and
+py-spy); the original picoapi master runs from bench/.venv-picoapi. Everything listens on
+127.0.0.1; every process a case starts is stopped by pid when the case ends. A case that
+fails is reported as failed and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import (
+    case_footprint,
+    case_freshness,
+    case_health,
+    case_lookup,
+    case_memory,
+    case_registration,
+    profile,
+    report,
+)
+from bench.common import RESULTS, log, machine
+from bench.modes import MODES, Mode
+
+CaseRun = Callable[[Mode, Path], Awaitable[dict[str, Any]]]
+CASES: dict[str, CaseRun] = {
+    "registration": case_registration.run,
+    "lookup": case_lookup.run,
+    "health": case_health.run,
+    "freshness": case_freshness.run,
+    "footprint": case_footprint.run,
+    "memory": case_memory.run,
+}
+
+
+async def run(mode: Mode, names: list[str], with_profile: bool) -> dict[str, Any]:
+    logs = RESULTS / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    started = time.perf_counter()
+    info = machine()
+    log(
+        f"bench {mode.name}: {info['cores']} cores, load {info['loadavg']}, cases "
+        f"{', '.join(names)}"
+    )
+    cases: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        case_started = time.perf_counter()
+        try:
+            cases[name] = await CASES[name](mode, logs)
+        except Exception as exc:
+            traceback.print_exc()
+            errors[name] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"case {name} FAILED: {errors[name]}")
+        log(f"case {name}: {time.perf_counter() - case_started:.0f} s")
+    if with_profile:
+        try:
+            cases["profile"] = await profile.run(logs)
+        except Exception as exc:
+            errors["profile"] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"profile FAILED: {errors['profile']}")
+    headline = report.headline(cases)
+    return {
+        "mode": mode.name,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": info["cores"],
+        "loadavg": info["loadavg"],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "duration_s": time.perf_counter() - started,
+        "machine": info,
+        **headline,
+        "headline": headline,
+        "targets": report.targets(headline),
+        "errors": errors,
+        "plots": [],
+        "cases": cases,
+    }
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinity are not JSON: None instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, in order")
+    parser.add_argument("--profile", action="store_true", help="py-spy the master's PUT path")
+    args = parser.parse_args()
+    names = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(run(MODES[args.mode], names, args.profile))
+    try:
+        result["plots"] = report.plots(result["cases"], RESULTS)
+    except Exception as exc:
+        result["errors"]["plots"] = f"{type(exc).__name__}: {exc}"
+    result = _clean(result)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = report.markdown(result)
+    (RESULTS / "latest.md").write_text(markdown)
+    table_end = markdown.index("\n## 1.") if "\n## 1." in markdown else len(markdown)
+    print(markdown[:table_end])
+    log(f"wrote {RESULTS / 'latest.json'}, latest.md and {len(result['plots'])} plots")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
