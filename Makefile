@@ -29,11 +29,13 @@ clean:
 # The benchmark (issue 5) runs in its own venvs, so the test venv holds only what
 # pyproject.toml declares: bench/.venv has the project (editable) with matplotlib and
 # py-spy; bench/.venv-picoapi has the original picoapi 1.0.4 master and its server.
+# From Debian when missing: node (the test service) and wrk (a cross-check of lookups).
 BENCH_VENV := bench/.venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 PICOAPI_STAMP := bench/.venv-picoapi/.installed
-NEED_NODE := command -v node >/dev/null 2>&1 || { apt-get update -q && \
-	apt-get install -y -q --no-install-recommends nodejs; }
+NEED_TOOLS := need=""; command -v node >/dev/null 2>&1 || need="$$need nodejs"; \
+	command -v wrk >/dev/null 2>&1 || need="$$need wrk"; \
+	[ -z "$$need" ] || { apt-get update -q && apt-get install -y -q --no-install-recommends $$need; }
 
 $(BENCH_STAMP): pyproject.toml
 	$(PY) -m venv $(BENCH_VENV)
@@ -48,9 +50,9 @@ $(PICOAPI_STAMP):
 	touch $@
 
 bench: $(BENCH_STAMP) $(PICOAPI_STAMP)
-	@$(NEED_NODE)
+	@$(NEED_TOOLS)
 	$(BENCH_VENV)/bin/python -m bench.run --mode full --profile
 
 bench-quick: $(BENCH_STAMP) $(PICOAPI_STAMP)
-	@$(NEED_NODE)
+	@$(NEED_TOOLS)
 	$(BENCH_VENV)/bin/python -m bench.run --mode quick

@@ -7,11 +7,17 @@ generator (64 concurrent, its own process); the full list (about 6 MB an answer)
 by 8 at a time, since 64 in flight would only measure queueing. The blocking query: 64
 watchers park on `?index=N`, one PUT changes a service, and each watcher's wait from the
 PUT to its answer is timed (in this process).
+
+This client saturates its core near the hello server's rate, which hides part of a server's
+cost. Where `wrk` is installed (`make bench` installs it), the hello and tag GETs are also
+measured with `wrk -t1 -c64` for WRK_SECONDS: a cross-check no slower client flatters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from bench.workloads import registration
 CONCURRENCY = 64
 LIST_CONCURRENCY = 8
 WATCHERS = 64
+WRK_SECONDS = {"full": 4, "quick": 2}
 
 
 async def run(mode: Mode, logs: Path) -> dict[str, Any]:
@@ -69,6 +76,9 @@ async def run(mode: Mode, logs: Path) -> dict[str, Any]:
                     f"(client CPU {result['client_cpu_pct']:.0f} %, server "
                     f"{result['server_cpu_pct']:.0f} %, {result['server_cpu_us']:.0f} us/request)"
                 )
+        wrk = await wrk_cross_check(
+            {"hello": hello, "tag": master}, mode.repeats, WRK_SECONDS.get(mode.name, 2)
+        )
         async with aiohttp.ClientSession() as session:
             tag_body = await get_json(session, f"{master}/v1/services?tag=grp-7")
             matched = len(tag_body["services"])
@@ -94,7 +104,45 @@ async def run(mode: Mode, logs: Path) -> dict[str, Any]:
         "repeats": mode.repeats,
         "queries": summary,
         "blocking": wake,
+        "wrk": wrk,
     }
+
+
+async def wrk_cross_check(
+    bases: dict[str, str], repeats: int, seconds: int
+) -> dict[str, Any] | None:
+    """Median requests/s of `wrk` on the same tag GET, per base; None without wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        log("lookup: wrk is not installed; no cross-check")
+        return None
+    rates: dict[str, list[float]] = {name: [] for name in bases}
+    for _ in range(repeats):
+        for name, base in bases.items():
+            child = await asyncio.create_subprocess_exec(
+                wrk,
+                "-t1",
+                "-c64",
+                f"-d{seconds}s",
+                f"{base}/v1/services?tag=grp-7",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                out, _ = await asyncio.wait_for(child.communicate(), seconds + 30)
+            finally:
+                if child.returncode is None:  # timed out: stop it by its pid
+                    child.kill()
+                    await child.wait()
+            match = re.search(rb"Requests/sec:\s+([\d.]+)", out)
+            if match is None:
+                raise RuntimeError(f"wrk printed no rate: {out.decode()[-500:]}")
+            rates[name].append(float(match.group(1)))
+    medians = {name: median(values) for name, values in rates.items()}
+    log(
+        f"lookup wrk: hello {medians['hello']:,.0f}/s, tag {medians['tag']:,.0f}/s "
+        f"({medians['tag'] / medians['hello']:.0%})"
+    )
+    return {"seconds": seconds, "rps": medians, "runs": rates}
 
 
 async def blocking_wake(session: aiohttp.ClientSession, master: str, rounds: int) -> dict[str, Any]:

@@ -4,7 +4,7 @@ A fresh master process each time: its RSS once started, then 10,000 services PUT
 its API (64 concurrent), then its RSS again; the difference over N is the cost of one
 service, everything included (the record, its indexes, its cached JSON, its schedule entry,
 the store's copy on memory://, and whatever the allocator keeps from handling the PUTs).
-With an OpenAPI document: the same with a 2.5 KB document in every registration. On
+With an OpenAPI document: the same with a 1.6 KB document in every registration. On
 sqlite:/// the store's copy lives on disk, so that row shows the in-memory registry alone.
 """
 

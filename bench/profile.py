@@ -16,7 +16,7 @@ from typing import Any
 from bench.common import BIN, RESULTS, Procs, loadgen, log
 
 SERVICES = 10_000
-RATE_HZ = 250
+RATE_HZ = 200
 TOP = 40
 
 
@@ -37,7 +37,6 @@ async def run(logs: Path) -> dict[str, Any]:
                 "raw",
                 "--output",
                 str(raw),
-                "--nonblocking",
             ],
         )
         await asyncio.sleep(1.0)  # py-spy attaches
