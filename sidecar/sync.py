@@ -145,6 +145,7 @@ class Syncer:
         """PUT the desired registration; send the document only when the master lacks it."""
         config = self.config
         body = registration_json(config, None)
+        summary = dumps_compact(body)  # what the registration says, without the document
         wanted = self.state.openapi_sha256
         if config.service.openapi is None and self._master_digest is not None:
             body["openapi"] = None
@@ -161,7 +162,6 @@ class Syncer:
         first = not state.registered or state.master_url != url
         state.registered, state.master_url = True, url
         state.last_sync_at, state.failures, state.syncs = time.time(), 0, state.syncs + 1
-        summary = dumps_compact(registration_json(config, None))
         if first or summary != self._sent_body:
             log.info(
                 "registered",

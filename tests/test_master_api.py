@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Master
+from tests.conftest import Master, wait_until
 
 
 def registration(ident: str = "web-1", **fields: Any) -> dict[str, Any]:
@@ -204,9 +206,6 @@ def test_sigterm_exits_zero_and_logs_shutdown(master: Master) -> None:
 
 
 def test_bad_flag_exits_2_with_reason(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     binary = Path(sys.executable).parent / "picoapi-master"
     done = subprocess.run(
         [str(binary), "--listen", "nowhere"],
@@ -247,18 +246,15 @@ def test_tokens_missing_wrong_right_and_rotated(start_master: Any, tmp_path: Pat
     assert master.request("DELETE", "/v1/services/a").status == 401
     # rotate: new token added, then old one removed, with no restart
     tokens.write_text("old-token\nnew-token\n")
-    time_ok = master.request  # alias keeps lines short
 
     def accepted(token: str) -> bool:
-        answer = time_ok(
+        answer = master.request(
             "PUT",
             "/v1/services/a",
             registration("a", tags=[token]),
             headers={"Authorization": f"Bearer {token}"},
         )
         return answer.status == 200
-
-    from tests.conftest import wait_until
 
     wait_until(lambda: accepted("new-token"), timeout=5, message="new token accepted")
     tokens.write_text("new-token\n")
