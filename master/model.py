@@ -481,10 +481,6 @@ class Record:
             body["openapi"] = self.openapi
         return body
 
-    def to_store(self) -> dict[str, Any]:
-        """Everything needed to rebuild the record after a restart."""
-        return self.to_json(with_openapi=True)
-
     @classmethod
     def from_store(cls, body: Mapping[str, Any]) -> Record:
         registration, openapi = parse_registration(dict(body_without_record_fields(body)))

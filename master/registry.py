@@ -178,8 +178,9 @@ class Registry:
                 openapi_sha256=digest,
                 last_check=last_check,
             )
-            await self._store.put(new.id, new.to_store())
+            text = await self._persist(new)
             self._install(old, new)
+            self._encoded[new.id] = text
             self._bump()
             if old is None:
                 log.info("service_registered", service_id=new.id, name=registration.name)
@@ -218,8 +219,9 @@ class Registry:
             if status == old.status:
                 self._install(old, new, notify=False)
                 return new
-            await self._store.put(new.id, new.to_store())
+            text = await self._persist(new)
             self._install(old, new)
+            self._encoded[new.id] = text
             self._bump()
             log.info(
                 "check_status_changed",
@@ -231,6 +233,15 @@ class Registry:
             return new
 
     # --- internals ---------------------------------------------------------------------
+
+    async def _persist(self, record: Record) -> str:
+        """Make `record` durable; returns its JSON text (without the document), so a write
+        converts the record to JSON once for the store and the answer alike."""
+        body = record.to_json()
+        text = dumps_compact(body)
+        body["openapi"] = record.openapi
+        await self._store.put(record.id, body)
+        return text
 
     @asynccontextmanager
     async def _lock(self, record_id: str) -> AsyncIterator[None]:
