@@ -7,6 +7,7 @@ and stop the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -52,6 +53,14 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
 def bound_address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"{host}:{port}"
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Stop a background task its owner started, and wait until it has really ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def stop_on_signals() -> asyncio.Event:

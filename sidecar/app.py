@@ -41,17 +41,14 @@ async def serve(path: Path, config: Config) -> int:
         auto_decompress=True,
     )
     syncer = Syncer(config, session)
-    check = SharedCheck(build_check(config.check, session))
 
     def on_config(new: Config) -> None:
-        nonlocal check
         if new.check != syncer.config.check:
-            check = SharedCheck(build_check(new.check, session))
-            sidecar.check = check
+            sidecar.check = SharedCheck(build_check(new.check, session))
         syncer.update_config(new)
 
     watcher = ConfigWatcher(path, config, on_config)
-    sidecar = Sidecar(str(path), syncer, check, watcher)
+    sidecar = Sidecar(str(path), syncer, SharedCheck(build_check(config.check, session)), watcher)
     runner = web.AppRunner(build_server(sidecar), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     listen = config.sidecar

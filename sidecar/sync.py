@@ -20,6 +20,7 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
+from master.daemon import cancel_and_wait
 from master.model import dumps_compact, openapi_digest
 from sidecar.config import Config, registration_json
 from sidecar.openapi import OpenAPIError, fetch_openapi
@@ -73,10 +74,7 @@ class Syncer:
     async def stop(self) -> None:
         """Stop the loop; a PUT in flight is cancelled, so nothing re-registers after this."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     # --- inputs ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Final
 
 import structlog
 
+from master.daemon import cancel_and_wait
 from master.yamlfile import ConfigError
 from sidecar.config import Config, load_config
 
@@ -60,10 +61,7 @@ class ConfigWatcher:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def reload_now(self) -> None:
         """SIGHUP: re-read the file even if its stat did not change."""
