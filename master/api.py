@@ -301,10 +301,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     registry = request.app[REGISTRY]
-    counts = dict.fromkeys(Status, 0)
-    for record in registry.records():
-        counts[record.status] += 1
-    for status, count in counts.items():
+    for status, count in registry.status_counts().items():
         app_metrics.services.labels(status.value).set(count)
     app_metrics.registry_index.set(registry.index)
     return web.Response(body=app_metrics.render(), content_type="text/plain", charset="utf-8")

@@ -102,6 +102,9 @@ class Registry:
             ids = [i for i in smallest if all(i in other for other in rest)] if rest else smallest
         return [self._records[i] for i in sorted(ids)]
 
+    def status_counts(self) -> dict[Status, int]:
+        return {status: len(ids) for status, ids in self._by_status.items()}
+
     def tag_counts(self) -> dict[str, int]:
         return {tag: len(ids) for tag, ids in sorted(self._by_tag.items())}
 

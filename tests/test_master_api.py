@@ -74,6 +74,8 @@ def test_filters_by_tags_name_and_status(master: Master) -> None:
     assert ids("name=web&tag=y") == ["a", "c"]
     assert ids("status=passing") == ["a", "b"]
     assert master.request("GET", "/v1/tags").json() == {"x": 2, "y": 2}
+    metrics = master.request("GET", "/metrics").body.decode()
+    assert 'picoapi_services{status="passing"} 2.0' in metrics
     bad = master.request("GET", "/v1/services?status=sick")
     assert bad.status == 400 and bad.json()["error"]["field"] == "status"
 
