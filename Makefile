@@ -16,6 +16,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check master sidecar tests bench
 	$(BIN)/ruff format --check master sidecar tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q

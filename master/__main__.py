@@ -15,9 +15,10 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from master.auth import Auth, TokenFile, TokenFileError
+from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
-from master.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
+from master.shared.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
+from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
 
 log = structlog.get_logger("master")

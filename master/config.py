@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from master.auth import TokenFileError, read_tokens
 from master.model import FieldError, check_int, check_text
-from master.store import STORES
-from master.yamlfile import (
+from master.shared.tokens import TokenFileError, read_tokens
+from master.shared.yamlfile import (
     ConfigError,
     Problem,
     check_host_port,
     join_host_port,
     load_document,
 )
+from master.store import STORES
 
 DEFAULT_LISTEN: Final = ("0.0.0.0", 9500)
 DEFAULT_STORE: Final = "sqlite:///./picoapi-data/registry.db"

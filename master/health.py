@@ -22,10 +22,10 @@ from typing import Final
 import aiohttp
 import structlog
 
-from master import probe
 from master.metrics import Metrics
 from master.model import CheckResult, CheckSpec, Record, Status
 from master.registry import Registry
+from master.shared import probe
 
 log = structlog.get_logger("master.health")
 

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Final
 
-from master.yamlfile import ConfigError
+from master.shared.yamlfile import ConfigError
 from sidecar.config import Config, load_config, registration_json
 
 EXIT_CONFIG: Final = 2

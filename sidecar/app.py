@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from master.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
+from master.shared.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config
 from sidecar.server import Sidecar, build_server

@@ -27,7 +27,7 @@ import aiohttp
 import psutil
 
 from master.model import OUTPUT_MAX, CheckResult, Status, format_duration
-from master.probe import critical, decode_capped, describe_os_error, elapsed_ms, probe_http
+from master.shared.probe import critical, decode_capped, describe_os_error, elapsed_ms, probe_http
 from sidecar.config import CheckConfig, ExecCheck, HttpCheck, ProcessCheck, TcpCheck
 
 USER_AGENT: Final = "picoapi-sidecar-check"

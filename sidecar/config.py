@@ -39,7 +39,8 @@ from master.model import (
     parse_duration,
     parse_registration,
 )
-from master.yamlfile import (
+from master.shared.tokens import TokenFileError, read_tokens
+from master.shared.yamlfile import (
     ConfigError,
     Document,
     Problem,
@@ -401,22 +402,24 @@ class _Reader:
             return (DEFAULT_MASTER_URL,)
 
     def read_token(self, file: str) -> str | None:
+        """The first token of the file, in the one token-file format (master.shared.tokens)."""
         path = self.path.parent / file
         try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            self.doc.problem("master.token_file", f"cannot read {str(path)!r}: {exc.strerror}")
+            tokens = read_tokens(path)
+        except TokenFileError as exc:
+            shown = repr(str(path))
+            if exc.empty:
+                message = f"{shown} is empty"
+            elif exc.strerror is not None:
+                message = f"cannot read {shown}: {exc.strerror}"
+            else:
+                message = f"{shown} is not UTF-8 text"
+            self.doc.problem("master.token_file", message)
             return None
-        except UnicodeDecodeError:
-            self.doc.problem("master.token_file", f"{str(path)!r} is not UTF-8 text")
-            return None
-        if not token:
-            self.doc.problem("master.token_file", f"{str(path)!r} is empty")
-            return None
-        if any(c.isspace() for c in token):
+        if any(c.isspace() for c in tokens[0]):
             self.doc.problem("master.token_file", f"{str(path)!r}: the token holds a space")
             return None
-        return token
+        return tokens[0]
 
     # --- sidecar ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import aiohttp
 import yaml
 
 from master.model import FieldError, check_openapi, format_duration, loads_json
-from master.probe import describe_error
+from master.shared.probe import describe_error
 
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024  # what the master accepts with a document
 READ_CHUNK: Final = 64 * 1024

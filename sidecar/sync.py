@@ -20,8 +20,8 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from master.daemon import cancel_and_wait
 from master.model import dumps_compact, openapi_digest
+from master.shared.daemon import cancel_and_wait
 from sidecar.config import Config, registration_json
 from sidecar.openapi import OpenAPIError, fetch_openapi
 

@@ -17,8 +17,8 @@ from typing import Final
 
 import structlog
 
-from master.daemon import cancel_and_wait
-from master.yamlfile import ConfigError
+from master.shared.daemon import cancel_and_wait
+from master.shared.yamlfile import ConfigError
 from sidecar.config import Config, load_config
 
 log = structlog.get_logger("sidecar.watch")

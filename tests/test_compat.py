@@ -15,9 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from master.api import REGISTRY
 from master.app import SCHEDULER, build_app
-from master.auth import Auth, TokenFile
+from master.auth import Auth
 from master.compat import slug
 from master.model import CheckResult, Status
+from master.shared.tokens import TokenFile
 from master.store.memory import MemoryStore
 
 DOCUMENT = {"openapi": "3.0.2", "info": {"title": "Example Service", "version": "0.0.1"}}

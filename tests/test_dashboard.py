@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 
 from master.app import build_app
-from master.auth import Auth, TokenFile
+from master.auth import Auth
+from master.shared.tokens import TokenFile
 from master.store.memory import MemoryStore
 from tests.browser import Browser, find_chromium
 

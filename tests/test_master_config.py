@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from master.config import DEFAULT_STORE, MasterConfig, parse_master_config
-from master.yamlfile import ConfigError
+from master.shared.yamlfile import ConfigError
 
 MASTER = Path(sys.executable).parent / "picoapi-master"
 

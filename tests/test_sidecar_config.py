@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from master.model import ID_RE, parse_registration
-from master.yamlfile import ConfigError
+from master.shared.yamlfile import ConfigError
 from sidecar.config import (
     Config,
     ExecCheck,
@@ -309,6 +309,13 @@ def test_token_file_is_read_relative_to_the_file_and_stripped(tmp_path: Path) ->
     (tmp_path / "secrets" / "token").write_text("\n  abc123 \n")
     path = write(tmp_path, "service: {name: web, port: 80}\nmaster: {token_file: secrets/token}\n")
     assert load_config(path, {}).master.token == "abc123"
+
+
+def test_token_file_has_the_masters_format_with_comments(tmp_path: Path) -> None:
+    """One token-file format for both daemons: `#` comments and blank lines are skipped."""
+    (tmp_path / "token").write_text("# rotated 2026-11-30\n\n  s3cret \n")
+    path = write(tmp_path, "service: {name: web, port: 80}\nmaster: {token_file: token}\n")
+    assert load_config(path, {}).master.token == "s3cret"
 
 
 def test_empty_token_file_is_an_error(tmp_path: Path) -> None:
