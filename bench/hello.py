@@ -3,16 +3,16 @@
     python -m bench.hello      # prints "LISTENING <port>" on stdout; SIGTERM stops it
 
 No middlewares, no routing table to speak of, no validation, no store: whatever the load
-generator gets from this is as fast as aiohttp (and the client) go on this machine.
+generator gets from this is as fast as aiohttp (and the client) go on this machine. It runs
+on the daemons' own event loop (master.shared.daemon.run: uvloop where installed).
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from bench.daemons import serve_until_signal
+from master.shared import daemon
 
 BODY = b'{"status":"ok"}'
 
@@ -29,4 +29,4 @@ def build() -> web.Application:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve_until_signal(build()))
+    daemon.run(serve_until_signal(build()))

@@ -7,7 +7,6 @@ signal forces the exit.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from typing import Final
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
+from master.shared import daemon
 from master.shared.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
 from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from master.app import build_app
 
     app = build_app(store, auth, check_concurrency=config.check_concurrency)
-    return asyncio.run(serve(app, config))
+    return daemon.run(serve(app, config))
 
 
 async def serve(app: web.Application, config: MasterConfig) -> int:

@@ -17,6 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from master.shared import daemon
 from master.shared.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config
@@ -32,7 +33,7 @@ EXIT_CONFIG: Final = 2
 
 def run(config_path: str | Path, config: Config, log_format: str | None) -> int:
     configure_logging(log_format)
-    return asyncio.run(serve(Path(config_path), config))
+    return daemon.run(serve(Path(config_path), config))
 
 
 async def serve(path: Path, config: Config) -> int:

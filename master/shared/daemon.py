@@ -13,10 +13,30 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger("daemon")
+
+T = TypeVar("T")
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where it is installed (Linux and macOS): the same loop for both daemons and
+    for the benchmark's hello ceiling, so their figures compare like with like."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` on the daemons' event loop."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
 
 
 def configure_logging(log_format: str | None = None, level: int = logging.INFO) -> None:
