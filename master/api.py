@@ -1,7 +1,8 @@
 """The master's HTTP surface for /v1/services and friends: parse, validate, answer.
 
 Handlers translate between HTTP and registry calls and nothing more. Errors are raised as
-`ApiError`s and rendered by one middleware; the index header is added by another.
+`ApiError`s (or the model's `FieldError`s) and rendered by the one middleware, which also
+checks the token, stamps the registry index on every answer and counts the request.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from master.errors import (
 )
 from master.metrics import Metrics
 from master.model import (
+    Document,
     FieldError,
-    Record,
     Status,
-    dumps_compact,
-    loads_json,
+    decode_registration,
+    encode,
     parse_duration,
-    parse_registration,
 )
 from master.registry import Registry
 from master.store.base import StoreError
@@ -44,6 +44,7 @@ BODY_MAX_WITH_OPENAPI: Final = 8 << 20
 WAIT_DEFAULT: Final = 300.0
 WAIT_MAX: Final = 300.0
 INDEX_HEADER: Final = "X-Picoapi-Index"
+JSON: Final = "application/json"
 
 REGISTRY: Final = web.AppKey("registry", Registry)
 METRICS: Final = web.AppKey("metrics", Metrics)
@@ -56,14 +57,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps_compact(body), status=status, content_type="application/json")
+    return web.Response(body=encode(body), status=status, content_type=JSON)
 
 
-def raw_json_response(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="application/json")
+def raw_json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=JSON)
 
 
-# --- middleware ------------------------------------------------------------------------
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error.to_json(), error.status)
+
+
+# --- the middleware --------------------------------------------------------------------
 
 _HTTP_ERRORS: Final[dict[int, type[ApiError]]] = {
     404: NotFound,
@@ -71,122 +76,101 @@ _HTTP_ERRORS: Final[dict[int, type[ApiError]]] = {
     413: PayloadTooLarge,
 }
 
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place errors become answers: `{"error": {code, message, field}}`."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return json_response(exc.to_json(), exc.status)
-    except FieldError as exc:
-        error = ApiError.from_field_error(exc)
-        return json_response(error.to_json(), error.status)
-    except StoreError as exc:
-        request.app[METRICS].store_errors.inc()
-        log.error("store_write_failed", path=request.path, reason=str(exc))
-        error = Unavailable("the store could not commit the change; retry")
-        return json_response(error.to_json(), error.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        kind = _HTTP_ERRORS.get(exc.status)
-        message = exc.reason
-        if exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}; allowed: " + (
-                exc.headers.get("Allow", "") or "none"
-            )
-        elif exc.status == 404:
-            message = f"nothing at {request.path}; see /openapi.json for the API"
-        error = kind(message) if kind else ApiError(message, code="http_error")
-        error.status = exc.status
-        answer = json_response(error.to_json(), exc.status)
-        if exc.status == 405 and "Allow" in exc.headers:
-            answer.headers["Allow"] = exc.headers["Allow"]
-        return answer
-    except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.path)
-        return json_response(
-            {"error": {"code": "internal", "message": "internal error; see the master's log"}},
-            500,
-        )
-
-
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/metrics", "/"})
 """Probes and the dashboard's static page need no token; the page holds no data."""
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or request.path.startswith("/dashboard/"):
-        return await handler(request)
-    if not request.app[AUTH].allows(request.method, request.headers.get("Authorization")):
-        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
-    return await handler(request)
-
-
-@web.middleware
-async def answer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """On every answer: the registry index it reflects (taken after the handler ran), and
-    the request's count and time in the metrics. One layer for both: each costs a frame
-    on every request."""
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one layer every request passes: the token, the one place errors become answers
+    (`{"error": {code, message, field}}`), the index header, the request's metrics.
+    One layer, not four: each layer costs a frame and a coroutine on every request."""
     started = time.perf_counter()
-    route = request.match_info.route.resource
-    response = await handler(request)
     app = request.app
-    response.headers[INDEX_HEADER] = str(app[REGISTRY].index)
+    try:
+        path = request.path
+        if (
+            path not in PUBLIC_PATHS
+            and not path.startswith("/dashboard/")
+            and not app[AUTH].allows(request.method, request.headers.get("Authorization"))
+        ):
+            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc)
+    except FieldError as exc:
+        response = error_response(ApiError.from_field_error(exc))
+    except StoreError as exc:
+        app[METRICS].store_errors.inc()
+        log.error("store_write_failed", path=request.path, reason=str(exc))
+        response = error_response(Unavailable("the store could not commit the change; retry"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _http_error(request, exc)
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        response = json_response(
+            {"error": {"code": "internal", "message": "internal error; see the master's log"}},
+            500,
+        )
+    if not response.prepared:  # a streamed answer stamped its header before it began
+        response.headers[INDEX_HEADER] = str(app[REGISTRY].index)
+    resource = request.match_info.route.resource
     app[METRICS].observe_request(
         request.method,
-        route.canonical if route is not None else "unmatched",
+        resource.canonical if resource is not None else "unmatched",
         response.status,
         time.perf_counter() - started,
     )
     return response
 
 
-MIDDLEWARES: Final = (answer_middleware, error_middleware, auth_middleware)
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    kind = _HTTP_ERRORS.get(exc.status)
+    message = exc.reason
+    if exc.status == 405:
+        message = f"{request.method} is not allowed on {request.path}; allowed: " + (
+            exc.headers.get("Allow", "") or "none"
+        )
+    elif exc.status == 404:
+        message = f"nothing at {request.path}; see /openapi.json for the API"
+    elif exc.status == 413:
+        message = "the body is over the 8 MiB limit"
+    error = kind(message) if kind else ApiError(message, code="http_error")
+    error.status = exc.status
+    answer = error_response(error)
+    if exc.status == 405 and "Allow" in exc.headers:
+        answer.headers["Allow"] = exc.headers["Allow"]
+    return answer
+
+
+MIDDLEWARES: Final = (middleware,)
 
 
 # --- request bodies --------------------------------------------------------------------
 
 
 def _is_json(content_type: str) -> bool:
-    return content_type in ("application/json", "application/octet-stream") or (
-        content_type.endswith("+json")
-    )
+    return content_type in (JSON, "application/octet-stream") or content_type.endswith("+json")
 
 
-async def read_body(request: web.Request, *, check_type: bool = True) -> bytes:
-    """The raw body, refused with 413 as soon as it passes the largest limit.
-
-    Content-Length is checked before a byte is read; a chunked body is read only up to
-    the limit, so an endless body costs at most 8 MiB.
-    """
-    if check_type and request.headers.get("Content-Type") and not _is_json(request.content_type):
+async def read_body(request: web.Request, *, limit: int = BODY_MAX_WITH_OPENAPI) -> bytes:
+    """The raw body, refused with 413 as soon as it passes `limit` (Content-Length is
+    checked before a byte is read; aiohttp stops a longer chunked body at the app's cap)."""
+    if request.headers.get("Content-Type") and not _is_json(request.content_type):
         raise UnsupportedMediaType(
             f"send the body as JSON (Content-Type: application/json), not {request.content_type}"
         )
     length = request.content_length
-    if length is not None and length > BODY_MAX_WITH_OPENAPI:
-        raise PayloadTooLarge(f"body of {length} bytes is over the 8 MiB limit")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > BODY_MAX_WITH_OPENAPI:
-            raise PayloadTooLarge("body is over the 8 MiB limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_json(request: web.Request) -> Any:
-    body = await read_body(request)
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes is over the {limit >> 20} MiB limit")
+    body = await request.read()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body is over the {limit >> 20} MiB limit")
     if not body.strip():
         raise BadRequest("the body is empty; send a JSON object", code="invalid_json")
-    return loads_json(body)
+    return body
 
 
 # --- handlers: /v1/services ------------------------------------------------------------
@@ -198,40 +182,43 @@ def _record_id(request: web.Request) -> str:
 
 async def put_service(request: web.Request) -> web.Response:
     raw = await read_body(request)
-    if not raw.strip():
-        raise BadRequest("the body is empty; send a registration", code="invalid_json")
-    body = loads_json(raw)
-    if len(raw) > BODY_MAX and not (isinstance(body, dict) and body.get("openapi")):
-        raise PayloadTooLarge("a registration without an OpenAPI document is limited to 1 MiB")
-    registration, openapi = parse_registration(body, path_id=_record_id(request))
-    record, _ = await request.app[REGISTRY].put(registration, openapi)
-    return raw_json_response(request.app[REGISTRY].encoded(record))
+    too_large = PayloadTooLarge("a registration without an OpenAPI document is limited to 1 MiB")
+    if len(raw) > BODY_MAX and b'"openapi"' not in raw:
+        raise too_large  # before a byte of it is validated
+    registration, openapi = decode_registration(raw, path_id=_record_id(request))
+    if len(raw) > BODY_MAX and not isinstance(openapi, Document):
+        raise too_large
+    registry = request.app[REGISTRY]
+    record, _ = await registry.put(registration, openapi)
+    return raw_json_response(registry.encoded(record))
 
 
 async def delete_service(request: web.Request) -> web.Response:
-    removed = await request.app[REGISTRY].delete(_record_id(request))
+    registry = request.app[REGISTRY]
+    removed = await registry.delete(_record_id(request))
     if removed is None:
         raise NotFound(f"no service with id {_record_id(request)!r}")
-    return json_response(removed.to_json())
-
-
-def _get_record(request: web.Request) -> Record:
-    record = request.app[REGISTRY].get(_record_id(request))
-    if record is None:
-        raise NotFound(f"no service with id {_record_id(request)!r}")
-    return record
+    return raw_json_response(encode(removed))
 
 
 async def get_service(request: web.Request) -> web.Response:
     await block(request)
-    return raw_json_response(request.app[REGISTRY].encoded(_get_record(request)))
+    registry = request.app[REGISTRY]
+    record = registry.get(_record_id(request))
+    if record is None:
+        raise NotFound(f"no service with id {_record_id(request)!r}")
+    return raw_json_response(registry.encoded(record))
 
 
 async def get_service_openapi(request: web.Request) -> web.Response:
-    record = _get_record(request)
-    if record.openapi is None:
+    registry = request.app[REGISTRY]
+    record = registry.get(_record_id(request))
+    if record is None:
+        raise NotFound(f"no service with id {_record_id(request)!r}")
+    document = registry.document(record.openapi_sha256)
+    if document is None:
         raise NotFound(f"service {record.id!r} has no OpenAPI document")
-    return json_response(record.openapi)
+    return raw_json_response(document.body)
 
 
 def parse_bool(request: web.Request, name: str) -> bool:
@@ -273,19 +260,45 @@ async def block(request: web.Request) -> None:
     await request.app[REGISTRY].wait(int(index_text), min(wait, WAIT_MAX))
 
 
-async def list_services(request: web.Request) -> web.Response:
+def accepts_gzip(request: web.Request) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "")
+
+
+async def list_services(request: web.Request) -> web.StreamResponse:
     tags = request.query.getall("tag", [])
     name = request.query.get("name")
     status = parse_status(request)
     with_openapi = parse_bool(request, "openapi")
     await block(request)
     registry = request.app[REGISTRY]
-    records = registry.query(tags=tags, name=name, status=status)
     if with_openapi:
-        items = [dumps_compact(r.to_json(with_openapi=True)) for r in records]
-    else:
-        items = [registry.encoded(r) for r in records]
-    return raw_json_response(f'{{"index":{registry.index},"services":[{",".join(items)}]}}')
+        return await _stream_with_documents(request, registry.query(tags, name, status))
+    body, gzipped = registry.listing(tags, name, status, gzipped=accepts_gzip(request))
+    response = raw_json_response(body)
+    if gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+        response.headers["Vary"] = "Accept-Encoding"
+    return response
+
+
+async def _stream_with_documents(request: web.Request, records: list[Any]) -> web.StreamResponse:
+    """The listing with every document inside, written record by record: each document is
+    already encoded bytes, so the loop never builds the whole answer, and between records
+    it serves others."""
+    registry = request.app[REGISTRY]
+    response = web.StreamResponse(headers={"Content-Type": JSON})
+    response.headers[INDEX_HEADER] = str(registry.index)
+    await response.prepare(request)
+    await response.write(b'{"index":%d,"services":[' % registry.index)
+    separator = b""
+    for record in records:
+        if registry.get(record.id) is None:
+            continue  # removed while we wrote: its bytes may be gone
+        await response.write(separator + registry.with_document(record))
+        separator = b","
+    await response.write(b"]}")
+    await response.write_eof()
+    return response
 
 
 async def list_tags(request: web.Request) -> web.Response:
@@ -299,12 +312,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app_metrics = request.app[METRICS]
-    registry = request.app[REGISTRY]
-    for status, count in registry.status_counts().items():
-        app_metrics.services.labels(status.value).set(count)
-    app_metrics.registry_index.set(registry.index)
-    return web.Response(body=app_metrics.render(), content_type="text/plain", charset="utf-8")
+    return web.Response(
+        body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,16 +6,18 @@ order and its reverse, through one cleanup context.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
 
 from master import api, compat, consul, dashboard, spec
 from master.auth import Auth
 from master.health import HealthScheduler
-from master.metrics import Metrics
+from master.metrics import Metrics, gauge
 from master.registry import Registry
 from master.store.base import Store
 
@@ -34,10 +36,17 @@ def build_app(store: Store, auth: Auth, *, check_concurrency: int = 512) -> web.
     app[api.METRICS] = metrics
     app[api.AUTH] = auth
     app[SCHEDULER] = HealthScheduler(registry, metrics, concurrency=check_concurrency)
+    metrics.add_figures(partial(registry_figures, registry))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loaded = await registry.load()
-        log.info("registry_loaded", store=store.describe(), services=loaded)
+        log.info(
+            "registry_loaded",
+            store=store.describe(),
+            services=loaded,
+            index=registry.index,
+            **store.log_fields(),
+        )
         scheduler = app[SCHEDULER]
         await scheduler.start()
         try:
@@ -58,3 +67,19 @@ def build_app(store: Store, auth: Auth, *, check_concurrency: int = 512) -> web.
     dashboard.add_routes(app)
     spec.add_routes(app)
     return app
+
+
+def registry_figures(registry: Registry) -> Iterator[Any]:
+    """The registry's own figures, read when scraped."""
+    services = GaugeMetricFamily(
+        "picoapi_services", "Registered services by status.", labels=["status"]
+    )
+    for status, count in registry.status_counts().items():
+        services.add_metric([status.value], count)
+    yield services
+    yield gauge("picoapi_registry_index", "The registry's change index.", registry.index)
+    yield gauge(
+        "picoapi_openapi_document_bytes",
+        "Bytes of OpenAPI documents held, each distinct document once.",
+        registry.document_bytes(),
+    )

@@ -30,7 +30,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from master.api import AUTH, BODY_MAX, REGISTRY, json_response, read_body
+from master.api import AUTH, BODY_MAX, REGISTRY, json_response, raw_json_response, read_body
 from master.errors import BadRequest, PayloadTooLarge, Unauthorized
 from master.model import (
     ADDRESS_MAX,
@@ -48,7 +48,9 @@ from master.model import (
     check_meta,
     check_tags,
     check_text,
+    convert,
     dumps_compact,
+    encode,
     loads_json,
     parse_duration,
 )
@@ -140,9 +142,10 @@ def _check(value: object) -> CheckSpec | None:
         raise FieldError("healthcheck.url", "is required", code="missing_field")
     interval = _interval(value.get("interval"))
     timeout = min(CHECK_TIMEOUT, interval / 2)
-    return CheckSpec.from_json(
-        {"url": value["url"], "interval": interval, "timeout": timeout}, "healthcheck"
+    spec: CheckSpec = convert(
+        {"url": value["url"], "interval": interval, "timeout": timeout}, CheckSpec, "healthcheck"
     )
+    return spec
 
 
 def parse_picoapi(body: object) -> Registration:
@@ -167,7 +170,7 @@ def parse_picoapi(body: object) -> Registration:
 
 def picoapi_name(record: Record) -> str:
     """The name as the service gave it: the picoapi one, else our own."""
-    return record.registration.meta.get(PICOAPI_NAME, record.registration.name)
+    return record.meta.get(PICOAPI_NAME, record.name)
 
 
 # --- handlers --------------------------------------------------------------------------
@@ -181,8 +184,6 @@ async def register(request: web.Request) -> web.Response:
     ):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
     raw = await read_body(request)
-    if not raw.strip():
-        raise BadRequest("the body is empty; send the service definition", code="invalid_json")
     if len(raw) > BODY_MAX:
         raise PayloadTooLarge("a picoapi registration is limited to 1 MiB")
     registration = parse_picoapi(loads_json(raw))
@@ -210,7 +211,7 @@ async def services_status(request: web.Request) -> web.Response:
 
 
 def _picoapi_status(record: Record) -> str:
-    if record.registration.check is None:
+    if record.check is None:
         return NO_HEALTHCHECK
     return HEALTHY if record.status is Status.PASSING else UNHEALTHY
 
@@ -223,7 +224,8 @@ async def services_definition(request: web.Request) -> web.Response:
     which never sends one, has it fetched now; without one, picoapi's `not running!`.
     """
     records = request.app[REGISTRY].query()
-    missing = [r for r in records if r.openapi is None and PICOAPI_NAME in r.registration.meta]
+    registry = request.app[REGISTRY]
+    missing = [r for r in records if r.openapi_sha256 is None and PICOAPI_NAME in r.meta]
     fetched: dict[str, dict[str, Any]] = {}
     if missing:
         limit = asyncio.Semaphore(DOCUMENT_FETCHES)
@@ -231,16 +233,19 @@ async def services_definition(request: web.Request) -> web.Response:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             documents = await asyncio.gather(*(_fetch(session, limit, r) for r in missing))
         fetched = {r.id: d for r, d in zip(missing, documents, strict=True)}
-    return json_response(
-        [{picoapi_name(r): r.openapi or fetched.get(r.id, NOT_RUNNING)} for r in records]
-    )
+    parts = []
+    for record in records:
+        document = registry.document(record.openapi_sha256)
+        body = document.body if document else encode(fetched.get(record.id, NOT_RUNNING))
+        parts.append(b"{%s:%s}" % (encode(picoapi_name(record)), body))
+    return raw_json_response(b"[" + b",".join(parts) + b"]")
 
 
 async def _fetch(
     session: aiohttp.ClientSession, limit: asyncio.Semaphore, record: Record
 ) -> dict[str, Any]:
     """The service's own document, or picoapi's `not running!` for any failure."""
-    registration = record.registration
+    registration = record
     async with limit:
         try:
             url = URL.build(

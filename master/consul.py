@@ -69,7 +69,7 @@ async def catalog_service(request: web.Request) -> web.Response:
     index = request.app[REGISTRY].index
     body = []
     for record in _instances(request):
-        registration = record.registration
+        registration = record
         body.append(
             {
                 "ID": _node_id(registration.address),
@@ -110,7 +110,7 @@ async def health_service(request: web.Request) -> web.Response:
 
 
 def _service_entry(record: Record, index: int) -> dict[str, Any]:
-    registration = record.registration
+    registration = record
     node = registration.address
     checks = []
     if registration.check is not None:
@@ -128,7 +128,7 @@ def _service_entry(record: Record, index: int) -> dict[str, Any]:
                 "ServiceTags": list(registration.tags),
                 "Type": "http",
                 "Interval": format_duration(registration.check.interval),
-                "Timeout": format_duration(registration.check.timeout),
+                "Timeout": format_duration(registration.check.timeout_s),
                 "CreateIndex": index,
                 "ModifyIndex": index,
             }
@@ -192,7 +192,7 @@ async def prometheus_targets(request: web.Request) -> web.Response:
 
 
 def _target_group(record: Record) -> dict[str, Any]:
-    registration = record.registration
+    registration = record
     host = registration.address
     if ":" in host and not host.startswith("["):  # an IPv6 address needs its brackets
         host = f"[{host}]"

@@ -192,7 +192,7 @@ class HealthScheduler:
         if not self._running or record is None:
             return  # stopped: the registry has no way to remove a listener
         service_id = record.id
-        spec = new.registration.check if new is not None else None
+        spec = new.check if new is not None else None
         entry = self._entries.get(service_id)
         if new is None or spec is None:
             self._entries.pop(service_id, None)
@@ -278,7 +278,7 @@ class HealthScheduler:
         assert self._session is not None
         self._metrics.checks_in_flight.inc()
         try:
-            result = await probe_http(self._session, spec.url, spec.timeout)
+            result = await probe_http(self._session, spec.url, spec.timeout_s)
         finally:
             self._metrics.checks_in_flight.dec()
         self._metrics.checks.labels(result.status.value).inc()

@@ -1,31 +1,39 @@
 """The registry: what is registered, indexed for queries, with the index watchers wait on.
 
 It knows nothing of HTTP. Every change goes through here: it is made durable in the store
-first, then applied to the in-memory indexes, then the index moves and watchers wake.
-Writes to one service id are serialized (so a health update cannot race a PUT); writes to
-different ids run concurrently, which lets the store group them into one commit.
+first, then applied to the in-memory indexes, then the index moves and watchers wake. The
+index is the store's revision, so it never goes back across a restart. Writes to one
+service id are serialized (so a health update cannot race a PUT); writes to different ids
+run concurrently, which lets the store group them into one commit.
+
+Each record is encoded to JSON once, when it is written: the same bytes go to the store,
+to the writer's answer and to every later listing. OpenAPI documents are kept once per
+distinct content (by sha256), shared by every record that names them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import gzip
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import replace
-from typing import Any
+from typing import Final
 
+import msgspec
 import structlog
 
 from master.model import (
     KEEP,
     CheckResult,
+    Document,
     OpenAPIChange,
     Record,
     Registration,
     Status,
-    dumps_compact,
-    openapi_digest,
+    Time,
+    decode_record,
+    encode,
+    new_record,
 )
 from master.store.base import Store
 
@@ -35,33 +43,45 @@ Listener = Callable[[Record | None, Record | None], None]
 """Called as (old, new) after every change, also for check results that change nothing
 the index counts (so the health scheduler sees a new check url or a removal at once)."""
 
+GZIP_LEVEL: Final = 5  # a full list shrinks about 10x at a fraction of level 9's cost
+
 
 class Registry:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._records: dict[str, Record] = {}
+        self._encoded: dict[str, bytes | None] = {}  # each record's JSON; None: re-encode
         self._by_name: dict[str, set[str]] = {}
         self._by_tag: dict[str, set[str]] = {}
         self._by_status: dict[Status, set[str]] = {status: set() for status in Status}
-        self._encoded: dict[str, str] = {}
+        self._documents: dict[str, Document] = {}
+        self._document_users: dict[str, int] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._listeners: list[Listener] = []
         self._index = 0
         self._changed = asyncio.Event()
+        self._version = 0  # moves on every change in memory, also those the index ignores
+        self._full_list: tuple[int, bytes, bytes | None] | None = None  # version, JSON, gzip
 
     # --- loading and listening ---------------------------------------------------------
 
     async def load(self) -> int:
         """Fill the registry from the store; returns how many records were loaded."""
-        stored = await self._store.open()
-        for record_id, body in stored.items():
+        snapshot = await self._store.open()
+        for sha, body in snapshot.documents.items():
+            self._documents[sha] = Document(sha, body)
+        for record_id, body in snapshot.records.items():
             try:
-                record = Record.from_store(body)
-            except (KeyError, ValueError, TypeError) as exc:
-                log.warning("store_record_skipped", service_id=record_id, reason=str(exc))
+                record = decode_record(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("store_row_skipped", service_id=record_id, reason=str(exc))
                 continue
-            self._install(None, record)
-        self._index = 1
+            if record.openapi_sha256 is not None and record.openapi_sha256 not in self._documents:
+                log.warning("store_document_missing", service_id=record_id)
+                record = msgspec.structs.replace(record, openapi_sha256=None)
+                body = encode(record)
+            self._install(None, record, body)
+        self._index = snapshot.revision
         return len(self._records)
 
     def add_listener(self, listener: Listener) -> None:
@@ -89,18 +109,68 @@ class Registry:
         status: Status | None = None,
     ) -> list[Record]:
         """Records matching every filter, by id. Costs the size of the smallest index set."""
+        return [self._records[i] for i in self._query_ids(tags, name, status)]
+
+    def _query_ids(self, tags: Iterable[str], name: str | None, status: Status | None) -> list[str]:
         candidates: list[set[str]] = [self._by_tag.get(tag, set()) for tag in tags]
         if name is not None:
             candidates.append(self._by_name.get(name, set()))
         if status is not None:
             candidates.append(self._by_status[status])
         if not candidates:
-            ids: Iterable[str] = self._records
-        else:
-            candidates.sort(key=len)
-            smallest, *rest = candidates
-            ids = [i for i in smallest if all(i in other for other in rest)] if rest else smallest
-        return [self._records[i] for i in sorted(ids)]
+            return sorted(self._records)
+        candidates.sort(key=len)
+        smallest, *rest = candidates
+        if not rest:
+            return sorted(smallest)
+        return sorted(i for i in smallest if all(i in other for other in rest))
+
+    def encoded(self, record: Record) -> bytes:
+        """The record's JSON (without its document): as written, or as last re-encoded
+        after a check result that changed only `last_check`."""
+        return self._body(record.id)
+
+    def _body(self, record_id: str) -> bytes:
+        body = self._encoded[record_id]
+        if body is None:
+            body = self._encoded[record_id] = encode(self._records[record_id])
+        return body
+
+    def listing(
+        self,
+        tags: Iterable[str] = (),
+        name: str | None = None,
+        status: Status | None = None,
+        *,
+        gzipped: bool = False,
+    ) -> tuple[bytes, bool]:
+        """`{"index": N, "services": [...]}` for a query, as JSON; gzipped if asked and
+        worth it. The unfiltered list is built once per index and served from there."""
+        tags = tuple(tags)
+        if tags or name is not None or status is not None:
+            ids = self._query_ids(tags, name, status)
+            return self._wrap(b",".join([self._body(i) for i in ids])), False
+        cached = self._full_list
+        if cached is None or cached[0] != self._version:
+            body = self._wrap(b",".join([self._body(i) for i in sorted(self._encoded)]))
+            cached = self._full_list = (self._version, body, None)
+        if not gzipped or len(cached[1]) < 1024:
+            return cached[1], False
+        if cached[2] is None:
+            cached = self._full_list = (cached[0], cached[1], gzip.compress(cached[1], GZIP_LEVEL))
+        return cached[2], True  # type: ignore[return-value]
+
+    def _wrap(self, items: bytes) -> bytes:
+        return b'{"index":%d,"services":[%s]}' % (self._index, items)
+
+    def document(self, sha256: str | None) -> Document | None:
+        return self._documents.get(sha256) if sha256 is not None else None
+
+    def with_document(self, record: Record) -> bytes:
+        """The record's JSON with `"openapi": document` (or null) added."""
+        document = self.document(record.openapi_sha256)
+        body = self._body(record.id)
+        return body[:-1] + b',"openapi":' + (document.body if document else b"null") + b"}"
 
     def status_counts(self) -> dict[Status, int]:
         return {status: len(ids) for status, ids in self._by_status.items()}
@@ -108,28 +178,24 @@ class Registry:
     def tag_counts(self) -> dict[str, int]:
         return {tag: len(ids) for tag, ids in sorted(self._by_tag.items())}
 
+    def document_bytes(self) -> int:
+        return sum(len(document.body) for document in self._documents.values())
+
     def names(self) -> dict[str, list[str]]:
         """Each service name with the union of its instances' tags (the Consul catalog view)."""
         result: dict[str, list[str]] = {}
         for name in sorted(self._by_name):
             tags: dict[str, None] = {}
             for record_id in sorted(self._by_name[name]):
-                tags.update(dict.fromkeys(self._records[record_id].registration.tags))
+                tags.update(dict.fromkeys(self._records[record_id].tags))
             result[name] = list(tags)
         return result
-
-    def encoded(self, record: Record) -> str:
-        """The record's JSON text (without its document), cached until the record changes."""
-        text = self._encoded.get(record.id)
-        if text is None:
-            text = self._encoded[record.id] = dumps_compact(record.to_json())
-        return text
 
     async def wait(self, index: int, timeout: float) -> int:
         """Return once the index is past `index`, or after `timeout`; returns the index.
 
-        An `index` ahead of ours (the master restarted and counts from 1 again) answers at
-        once, so the watcher resynchronizes instead of waiting on a number that is gone.
+        An `index` ahead of ours (a store replaced under the master) answers at once, so
+        the watcher resynchronizes instead of waiting on a number that is gone.
         """
         if index != self._index:
             return self._index
@@ -149,46 +215,42 @@ class Registry:
     # --- writes ------------------------------------------------------------------------
 
     async def put(self, registration: Registration, openapi: OpenAPIChange) -> tuple[Record, bool]:
-        """Register or replace; returns the stored record and whether anything changed."""
+        """Register or replace; returns the stored record and whether anything changed
+        (its JSON, as written, is `encoded(record)`). A PUT identical to what is stored
+        changes nothing, not even the index."""
         async with self._lock(registration.id):
             old = self._records.get(registration.id)
-            if isinstance(openapi, dict):
-                document: dict[str, Any] | None = openapi
-                digest: str | None = openapi_digest(openapi)
+            new_document: Document | None = None
+            if isinstance(openapi, Document):
+                digest: str | None = openapi.sha256
+                if digest not in self._documents:
+                    new_document = openapi
             elif openapi is KEEP:
-                document = old.openapi if old else None
                 digest = old.openapi_sha256 if old else None
             else:
-                document, digest = None, None
-            unchanged = old is not None and old.registration == registration
+                digest = None
+            unchanged = old is not None and old.same_registration(registration)
             if unchanged and old is not None and old.openapi_sha256 == digest:
                 return old, False
-            now = time.time()
-            same_check = old is not None and (
-                old.registration.check.url if old.registration.check else None
-            ) == (registration.check.url if registration.check else None)
-            if old is not None and same_check:
+            now = Time.now()
+            if old is not None and old.check_url == (registration.check and registration.check.url):
                 status, last_check = old.status, old.last_check
             else:
                 status = Status.UNKNOWN if registration.check else Status.PASSING
                 last_check = None
-            new = Record(
-                registration=registration,
+            new = new_record(
+                registration,
                 status=status,
                 registered_at=old.registered_at if old else now,
                 updated_at=now,
-                openapi=document,
                 openapi_sha256=digest,
                 last_check=last_check,
             )
-            text = await self._persist(new)
-            self._install(old, new)
-            self._encoded[new.id] = text
-            self._bump()
+            await self._write(old, new, new_document)
             if old is None:
-                log.info("service_registered", service_id=new.id, name=registration.name)
+                log.info("service_registered", service_id=new.id, name=new.name)
             else:
-                log.info("service_updated", service_id=new.id, name=registration.name)
+                log.info("service_updated", service_id=new.id, name=new.name)
             return new, True
 
     async def delete(self, record_id: str, *, event: str = "service_deregistered") -> Record | None:
@@ -197,10 +259,10 @@ class Registry:
             old = self._records.get(record_id)
             if old is None:
                 return None
-            await self._store.delete(record_id)
-            self._install(old, None)
-            self._bump()
-            log.info(event, service_id=record_id, name=old.registration.name)
+            revision = await self._store.delete(record_id, drop=self._orphaned(old, None))
+            self._install(old, None, None)
+            self._bump(revision)
+            log.info(event, service_id=record_id, name=old.name)
             return old
 
     async def record_check(
@@ -214,18 +276,13 @@ class Registry:
         """
         async with self._lock(record_id):
             old = self._records.get(record_id)
-            if old is None or old.registration.check is None:
+            if old is None or old.check_url != check_url:
                 return None
-            if old.registration.check.url != check_url:
-                return None
-            new = replace(old, status=status, last_check=result)
+            new = msgspec.structs.replace(old, status=status, last_check=result)
             if status == old.status:
-                self._install(old, new, notify=False)
+                self._install(old, new, None, notify=False)
                 return new
-            text = await self._persist(new)
-            self._install(old, new)
-            self._encoded[new.id] = text
-            self._bump()
+            await self._write(old, new, None)
             log.info(
                 "check_status_changed",
                 service_id=record_id,
@@ -237,14 +294,25 @@ class Registry:
 
     # --- internals ---------------------------------------------------------------------
 
-    async def _persist(self, record: Record) -> str:
-        """Make `record` durable; returns its JSON text (without the document), so a write
-        converts the record to JSON once for the store and the answer alike."""
-        body = record.to_json()
-        text = dumps_compact(body)
-        body["openapi"] = record.openapi
-        await self._store.put(record.id, body)
-        return text
+    async def _write(self, old: Record | None, new: Record, document: Document | None) -> bytes:
+        """Make `new` durable, then apply it; returns its JSON (one encoding for the store,
+        the answer and every later listing)."""
+        body = encode(new)
+        revision = await self._store.put(
+            new.id, body, document, drop=self._orphaned(old, new.openapi_sha256)
+        )
+        if document is not None:
+            self._documents[document.sha256] = document
+        self._install(old, new, body)
+        self._bump(revision)
+        return body
+
+    def _orphaned(self, old: Record | None, digest: str | None) -> tuple[str, ...]:
+        """The document `old` held that nobody holds once it holds `digest` instead."""
+        sha = old.openapi_sha256 if old is not None else None
+        if sha is None or sha == digest or self._document_users.get(sha, 0) > 1:
+            return ()
+        return (sha,)
 
     @asynccontextmanager
     async def _lock(self, record_id: str) -> AsyncIterator[None]:
@@ -262,34 +330,55 @@ class Registry:
             else:
                 self._locks[record_id] = (lock, users - 1)
 
-    def _install(self, old: Record | None, new: Record | None, *, notify: bool = True) -> None:
+    def _install(
+        self, old: Record | None, new: Record | None, body: bytes | None, *, notify: bool = True
+    ) -> None:
         record_id = (new or old).id  # type: ignore[union-attr]
-        self._encoded.pop(record_id, None)
+        self._version += 1
+        self._count_document_users(old, new)
         if old is not None:
             self._unindex(old)
         if new is None:
             del self._records[record_id]
+            del self._encoded[record_id]
         else:
             self._records[record_id] = new
+            self._encoded[record_id] = body
             self._index_record(new)
         if notify:
             for listener in self._listeners:
                 listener(old, new)
 
     def _index_record(self, record: Record) -> None:
-        self._by_name.setdefault(record.registration.name, set()).add(record.id)
-        for tag in record.registration.tags:
+        self._by_name.setdefault(record.name, set()).add(record.id)
+        for tag in record.tags:
             self._by_tag.setdefault(tag, set()).add(record.id)
         self._by_status[record.status].add(record.id)
 
     def _unindex(self, record: Record) -> None:
-        _discard(self._by_name, record.registration.name, record.id)
-        for tag in record.registration.tags:
+        _discard(self._by_name, record.name, record.id)
+        for tag in record.tags:
             _discard(self._by_tag, tag, record.id)
         self._by_status[record.status].discard(record.id)
 
-    def _bump(self) -> None:
-        self._index += 1
+    def _count_document_users(self, old: Record | None, new: Record | None) -> None:
+        """A document lives while a record names it; the last one to let go drops it."""
+        old_sha = old.openapi_sha256 if old is not None else None
+        new_sha = new.openapi_sha256 if new is not None else None
+        if old_sha == new_sha:
+            return
+        if new_sha is not None:
+            self._document_users[new_sha] = self._document_users.get(new_sha, 0) + 1
+        if old_sha is not None:
+            users = self._document_users[old_sha] - 1
+            if users:
+                self._document_users[old_sha] = users
+            else:
+                del self._document_users[old_sha]
+                self._documents.pop(old_sha, None)
+
+    def _bump(self, revision: int) -> None:
+        self._index = max(self._index, revision)
         self._changed.set()
         self._changed = asyncio.Event()
 

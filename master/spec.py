@@ -12,17 +12,11 @@ from aiohttp import web
 
 from master.api import raw_json_response
 from master.model import (
-    ADDRESS_MAX,
-    ID_MAX,
-    META_KEYS_MAX,
     META_VALUE_MAX,
-    NAME_MAX,
-    TAG_MAX,
-    TAGS_MAX,
-    THRESHOLD_MAX,
-    URL_MAX,
     Status,
-    dumps_compact,
+    encode,
+    json_schemas,
+    loads_json,
 )
 
 JSON: Final = "application/json"
@@ -88,95 +82,34 @@ def _get(
 WRITE: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 OPEN: Final[list[dict[str, list[str]]]] = []  # liveness and metrics never ask for a token
 
-CHECK_SPEC: Final = _object(
-    ["url"],
-    url={"type": "string", "format": "uri", "maxLength": URL_MAX},
-    interval={**DURATION, "description": "1s..1h", "default": "10s"},
-    timeout={**DURATION, "description": "above 0 and below interval", "default": "2s"},
-    failures_before_critical={"type": "integer", "minimum": 1, "maximum": THRESHOLD_MAX},
-    successes_before_passing={"type": "integer", "minimum": 1, "maximum": THRESHOLD_MAX},
-    deregister_after={**DURATION, "description": "0 = never; at most 168h"},
-)
-
-REGISTRATION_FIELDS: Final = {
-    "id": {"type": "string", "maxLength": ID_MAX, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]*$"},
-    "name": {"type": "string", "maxLength": NAME_MAX, "pattern": "^[a-z0-9][a-z0-9._-]*$"},
-    "address": {"type": "string", "minLength": 1, "maxLength": ADDRESS_MAX},
-    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-    "scheme": {"type": "string", "enum": ["http", "https"], "default": "http"},
-    "tags": {
-        **STRINGS,
-        "maxItems": TAGS_MAX,
-        "items": {"type": "string", "minLength": 1, "maxLength": TAG_MAX},
-    },
-    "meta": {**STRING_MAP, "maxProperties": META_KEYS_MAX},
-    "check": {"oneOf": [_ref("CheckSpec"), {"type": "null"}]},
+# The wire model's schemas, read off its types (master.model), under the names this API
+# has always published them by; the rest of SCHEMAS are the other clients' shapes.
+_MODEL_NAMES: Final = {
+    "RegistrationBody": "Registration",
+    "CheckResult": "LastCheck",
+    "ErrorAnswer": "Error",
 }
 
+
+def _model_schemas() -> dict[str, Any]:
+    text = encode(json_schemas("#/components/schemas/{name}")).decode()
+    for old, new in _MODEL_NAMES.items():
+        text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    schemas: dict[str, Any] = loads_json(text)
+    return {_MODEL_NAMES.get(name, name): schema for name, schema in schemas.items()}
+
+
+MODEL_SCHEMAS: Final = _model_schemas()
+MODEL_SCHEMAS["Record"]["properties"]["openapi"] = {
+    "description": "only with ?openapi=true",
+    "anyOf": [{"$ref": "#/components/schemas/OpenAPIDocument"}, {"type": "null"}],
+}
+ID_SCHEMA: Final = MODEL_SCHEMAS["Registration"]["properties"]["id"]
+
 SCHEMAS: Final[dict[str, Any]] = {
-    "CheckSpec": CHECK_SPEC,
-    "Registration": {
-        "type": "object",
-        "required": ["name", "address", "port"],
-        "additionalProperties": False,
-        "properties": {
-            **REGISTRATION_FIELDS,
-            "openapi": {
-                "description": "absent keeps the stored document, null removes it",
-                "oneOf": [_ref("OpenAPIDocument"), {"type": "null"}],
-            },
-        },
-    },
-    "LastCheck": _object(
-        ["at", "status", "http_status", "output", "duration_ms"],
-        at=TIME,
-        status=STATUS,
-        http_status={"type": ["integer", "null"]},
-        output={"type": "string"},
-        duration_ms={"type": "number"},
-    ),
-    "Record": _object(
-        [
-            *REGISTRATION_FIELDS,
-            "status",
-            "registered_at",
-            "updated_at",
-            "openapi_sha256",
-            "last_check",
-        ],
-        **REGISTRATION_FIELDS,
-        status=STATUS,
-        registered_at=TIME,
-        updated_at=TIME,
-        openapi_sha256={"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
-        last_check={"oneOf": [_ref("LastCheck"), {"type": "null"}]},
-        openapi={
-            "description": "only with ?openapi=true",
-            "oneOf": [_ref("OpenAPIDocument"), {"type": "null"}],
-        },
-    ),
-    "ServiceList": _object(
-        ["index", "services"],
-        index={"type": "integer"},
-        services={"type": "array", "items": _ref("Record")},
-    ),
+    **MODEL_SCHEMAS,
     "TagCounts": {"type": "object", "additionalProperties": {"type": "integer"}},
-    "Health": _object(
-        ["status", "services", "index"],
-        status={"const": "ok"},
-        services={"type": "integer"},
-        index={"type": "integer"},
-    ),
     "OpenAPIDocument": {"type": "object", "description": "a service's OpenAPI document"},
-    "Error": _object(
-        ["error"],
-        error=_object(
-            ["code", "message"],
-            code={"type": "string"},
-            message={"type": "string"},
-            field={"type": "string", "description": "dotted path of the bad field: tags[3]"},
-        ),
-    ),
     "PicoapiRegistration": _object(
         ["name", "host", "port"],
         name={
@@ -303,7 +236,12 @@ SCHEMAS: Final[dict[str, Any]] = {
 }
 
 PARAMETERS: Final = {
-    "id": {"name": "id", "in": "path", "required": True, "schema": REGISTRATION_FIELDS["id"]},
+    "id": {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": MODEL_SCHEMAS["Registration"]["properties"]["id"],
+    },
     "serviceName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
     "asset": {
         "name": "name",
@@ -605,7 +543,7 @@ SPEC: Final = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
 }
-SPEC_TEXT: Final = dumps_compact(SPEC)
+SPEC_TEXT: Final = encode(SPEC)
 
 
 async def openapi(request: web.Request) -> web.Response:

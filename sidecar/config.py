@@ -18,16 +18,21 @@ from typing import Any, Final
 
 from master.model import (
     ADDRESS_MAX,
+    DEFAULT_DEREGISTER_AFTER,
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
-    DEREGISTER_AFTER_MAX,
     ID_MAX,
     INTERVAL_MAX,
     INTERVAL_MIN,
+    KEEP,
     THRESHOLD_MAX,
     CheckSpec,
+    DeregisterAfter,
+    Duration,
     FieldError,
+    Interval,
     Registration,
+    Timeout,
     check_id,
     check_int,
     check_meta,
@@ -35,9 +40,9 @@ from master.model import (
     check_tags,
     check_text,
     check_url,
-    format_duration,
-    parse_duration,
     parse_registration,
+    registration_body,
+    to_builtins,
 )
 from master.shared.tokens import TokenFileError, read_tokens
 from master.shared.yamlfile import (
@@ -54,7 +59,6 @@ from master.shared.yamlfile import (
 DEFAULT_MASTER_URL: Final = "http://127.0.0.1:9500"
 DEFAULT_LISTEN: Final = ("0.0.0.0", 9501)
 DEFAULT_RESYNC: Final = 30.0
-DEFAULT_DEREGISTER_AFTER: Final = 600.0
 LOOPBACK: Final = "127.0.0.1"
 ARG_MAX: Final = 4096
 # Routed nowhere: "connecting" a UDP socket to it sends nothing but picks the source
@@ -86,6 +90,13 @@ SCHEMA: Final = {
     "sidecar": _SIDECAR_KEYS,
 }
 """Every key the file may hold, by section: the README's reference is tested against it."""
+
+
+class Resync(Duration):
+    """How often the sidecar re-asserts its registration."""
+
+    __slots__ = ()
+    low, high, bounds = INTERVAL_MIN, INTERVAL_MAX, "1s..1h"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +133,7 @@ Probe = HttpCheck | TcpCheck | ProcessCheck | ExecCheck
 class CheckConfig:
     probe: Probe
     interval: float = DEFAULT_INTERVAL
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT  # of the default interval
     failures_before_critical: int = 1
     successes_before_passing: int = 1
     deregister_after: float = DEFAULT_DEREGISTER_AFTER
@@ -183,23 +194,24 @@ class Config:
             name=service.name,
             address=service.address,
             port=service.port,
-            scheme=service.scheme,
+            scheme="https" if service.scheme == "https" else "http",
             tags=service.tags,
-            meta=service.meta,
+            meta=dict(service.meta),
             check=CheckSpec(
                 url=f"http://{self.sidecar.advertise}/health",
-                interval=check.interval,
-                timeout=check.timeout,
+                interval=Interval(check.interval),
+                timeout=Timeout(check.timeout),
                 failures_before_critical=check.failures_before_critical,
                 successes_before_passing=check.successes_before_passing,
-                deregister_after=check.deregister_after,
+                deregister_after=DeregisterAfter(check.deregister_after),
             ),
         )
 
 
 def registration_json(config: Config, openapi: dict[str, Any] | None) -> dict[str, Any]:
-    """The body PUT to the master; without `openapi` the master keeps the stored document."""
-    body = config.registration().to_json()
+    """The registration as plain JSON values (what `check` prints and /status shows); with
+    `openapi`, the document too."""
+    body: dict[str, Any] = to_builtins(config.registration())
     if openapi is not None:
         body["openapi"] = openapi
     return body
@@ -291,28 +303,15 @@ class _Reader:
         doc = self.doc
         if not doc.section("check", _CHECK_KEYS):
             return CheckConfig(probe=TcpCheck(LOOPBACK, service.port))
-        interval = doc.check("check.interval", parse_duration)
-        if interval is not None and not INTERVAL_MIN <= interval <= INTERVAL_MAX:
-            doc.problem("check.interval", f"must be 1s..1h, got {format_duration(interval)}")
-        interval = interval or DEFAULT_INTERVAL
-        timeout = doc.check("check.timeout", parse_duration)
-        if timeout is not None and not 0 < timeout < interval:
-            doc.problem(
-                "check.timeout",
-                f"must be above 0 and below interval ({format_duration(interval)}), "
-                f"got {format_duration(timeout)}",
-            )
-        after = doc.check("check.deregister_after", parse_duration)
-        if after is not None and after > DEREGISTER_AFTER_MAX:
-            doc.problem(
-                "check.deregister_after", f"must be at most 168h, got {format_duration(after)}"
-            )
+        interval: float = doc.check("check.interval", Interval.parse) or DEFAULT_INTERVAL
+        timeout = doc.check("check.timeout", _check_timeout, interval)
+        after = doc.check("check.deregister_after", DeregisterAfter.parse)
         failures = doc.check("check.failures_before_critical", check_int, 1, THRESHOLD_MAX)
         successes = doc.check("check.successes_before_passing", check_int, 1, THRESHOLD_MAX)
         return CheckConfig(
             probe=self.probe(service),  # last: a problem with the kind marks all of check
             interval=interval,
-            timeout=timeout or min(DEFAULT_TIMEOUT, interval / 2),
+            timeout=CheckSpec.timeout_for(interval, None) if timeout is None else timeout,
             failures_before_critical=failures or 1,
             successes_before_passing=successes or 1,
             deregister_after=DEFAULT_DEREGISTER_AFTER if after is None else after,
@@ -428,9 +427,7 @@ class _Reader:
         doc.section("sidecar", _SIDECAR_KEYS)
         host, port = doc.check("sidecar.listen", _check_listen) or DEFAULT_LISTEN
         advertise = doc.check("sidecar.advertise", _check_advertise, port)
-        resync = doc.check("sidecar.resync", parse_duration)
-        if resync is not None and not INTERVAL_MIN <= resync <= INTERVAL_MAX:
-            doc.problem("sidecar.resync", f"must be 1s..1h, got {format_duration(resync)}")
+        resync = doc.check("sidecar.resync", Resync.parse)
         on_exit = doc.check("sidecar.deregister_on_exit", check_bool)
         if advertise is None:
             # Bound to one address, the sidecar is reachable only there; bound to all, at
@@ -446,6 +443,10 @@ class _Reader:
 
 
 # --- field checks: master.model's shape, (value, field, ...) -> value or FieldError ------
+
+
+def _check_timeout(value: object, field: str, interval: float) -> float:
+    return CheckSpec.timeout_for(interval, Timeout.parse(value, field), field)
 
 
 def _check_scheme(value: object, field: str) -> str:
@@ -538,7 +539,7 @@ def _check_wire_format(doc: Document, config: Config) -> None:
     """Run the master's own parser over what we would send. Each field has been checked
     already, so this only fires if the two ever drift; it then still names a YAML line."""
     try:
-        parse_registration(registration_json(config, None))
+        parse_registration(registration_body(config.registration(), KEEP))
     except FieldError as exc:
         if exc.field.startswith("check.url"):
             path = "sidecar.advertise"

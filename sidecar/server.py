@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from master.model import Status, dumps_compact, format_time
+from master.model import Status, dumps_compact, format_time, to_builtins
 from sidecar.checks import SharedCheck
 from sidecar.config import Config, registration_json
 from sidecar.sync import Syncer
@@ -129,7 +129,7 @@ async def status(request: web.Request) -> web.Response:
             "config_error": sidecar.watcher.last_error,
             "openapi_sha256": state.openapi_sha256,
             "openapi_error": state.openapi_error,
-            "last_check": last.to_json() if last else None,
+            "last_check": to_builtins(last) if last else None,
             "started_at": format_time(sidecar.started_at),
         }
     )

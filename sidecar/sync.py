@@ -20,9 +20,9 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from master.model import dumps_compact, openapi_digest
+from master.model import canonical_document, openapi_digest, registration_body
 from master.shared.daemon import cancel_and_wait
-from sidecar.config import Config, registration_json
+from sidecar.config import Config
 from sidecar.openapi import OpenAPIError, fetch_openapi
 
 log = structlog.get_logger("sidecar.sync")
@@ -64,7 +64,7 @@ class Syncer:
         self._session = session
         self._dirty = asyncio.Event()
         self._master_digest: str | None = None
-        self._sent_body: str | None = None
+        self._sent_body: bytes | None = None
         self._openapi_failures = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -142,16 +142,17 @@ class Syncer:
     async def _sync(self, resend: bool = True) -> bool:
         """PUT the desired registration; send the document only when the master lacks it."""
         config = self.config
-        body = registration_json(config, None)
-        summary = dumps_compact(body)  # what the registration says, without the document
+        registration = config.registration()
+        summary = registration_body(registration)  # what it says, without the document
         wanted = self.state.openapi_sha256
+        body = summary
         if config.service.openapi is None and self._master_digest is not None:
-            body["openapi"] = None
+            body = registration_body(registration, None)
         elif self.openapi is not None and wanted != self._master_digest:
-            body["openapi"] = self.openapi
+            body = registration_body(registration, canonical_document(self.openapi))
         path = f"/v1/services/{config.service.id}"
         try:
-            url, answer = await self._request("PUT", path, dumps_compact(body))
+            url, answer = await self._request("PUT", path, body)
         except MasterError as exc:
             self._failed(str(exc))
             return False
@@ -213,7 +214,7 @@ class Syncer:
     # --- talking to the master ---------------------------------------------------------
 
     async def _request(
-        self, method: str, path: str, body: str | None, *, accept_404: bool = False
+        self, method: str, path: str, body: bytes | None, *, accept_404: bool = False
     ) -> tuple[str, Any]:
         """Try each master URL in order; the first 2xx answer wins."""
         master = self.config.master

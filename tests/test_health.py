@@ -7,9 +7,9 @@ import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
@@ -315,7 +315,9 @@ async def test_status_changes_move_the_index_confirmations_do_not(
 async def test_thresholds_apply_end_to_end(
     target: Target, registry: Registry, scheduler: HealthScheduler
 ) -> None:
-    spec = replace(every_second(target.url("/code/slow")), failures_before_critical=2)
+    spec = msgspec.structs.replace(
+        every_second(target.url("/code/slow")), failures_before_critical=2
+    )
     await register(registry, "slow", spec)
     await wait_until(lambda: status_of(registry, "slow") is Status.PASSING)
     target.codes["slow"] = 500
@@ -329,7 +331,7 @@ async def test_thresholds_apply_end_to_end(
 async def test_critical_service_is_reaped_after_deregister_after(
     target: Target, registry: Registry
 ) -> None:
-    spec = replace(every_second(target.url("/down")), deregister_after=0.5)
+    spec = msgspec.structs.replace(every_second(target.url("/down")), deregister_after=0.5)
     await register(registry, "doomed", spec)  # before start: picked up from the registry
     health = HealthScheduler(registry, Metrics())
     with capture_logs() as logs:
@@ -408,8 +410,9 @@ async def test_stop_cancels_hanging_checks_and_closes_its_session(
 async def test_check_still_running_when_due_again_is_not_started_twice(
     target: Target, registry: Registry, scheduler: HealthScheduler
 ) -> None:
-    # The wire format keeps timeout < interval; built directly, a probe can outlive a round.
-    spec = CheckSpec(url=target.url("/hang"), interval=0.5, timeout=1.6)
+    # The wire format keeps timeout < interval; forced past it, a probe outlives a round.
+    spec = CheckSpec(url=target.url("/hang"), interval=0.5, timeout=0.4)
+    msgspec.structs.force_setattr(spec, "timeout", 1.6)
     await register(registry, "overlap", spec)
     await wait_until(lambda: target.hits["/hang"] == 1, timeout=2.0)
     await asyncio.sleep(1.2)  # at least two rounds come due while the probe hangs

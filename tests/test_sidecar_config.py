@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from master.model import ID_RE, parse_registration
+from master.model import ID_PATTERN, Document, loads_json, parse_registration
 from master.shared.yamlfile import ConfigError
 from sidecar.config import (
     Config,
@@ -183,7 +183,7 @@ def test_run_rejects_a_bad_file_like_check(tmp_path: Path) -> None:
 def test_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "service: {name: web, port: 8080}\n"), {})
     service = config.service
-    assert service.id.startswith("web-") and ID_RE.fullmatch(service.id)
+    assert service.id.startswith("web-") and re.fullmatch(ID_PATTERN, service.id)
     assert service.address == primary_address()
     assert (service.scheme, service.tags, service.meta, service.openapi) == ("http", (), {}, None)
     assert config.check.probe == TcpCheck("127.0.0.1", 8080)
@@ -415,7 +415,8 @@ def test_registration_json_carries_openapi_only_when_given(tmp_path: Path) -> No
     document = {"openapi": "3.0.3", "info": {}, "paths": {}}
     assert "openapi" not in registration_json(config, None)
     assert registration_json(config, document)["openapi"] == document
-    assert parse_registration(registration_json(config, document))[1] == document
+    change = parse_registration(registration_json(config, document))[1]
+    assert isinstance(change, Document) and loads_json(change.body) == document
 
 
 def test_loading_twice_gives_equal_configs(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import select
 import signal
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from master.model import Document
+from master.registry import Registry
 from master.store import Store, StoreError, open_store_url
-from master.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from master.store.base import Snapshot
+from master.store.sqlite import SCHEMA_V2, SCHEMA_VERSION, SQLiteStore
 
 
 def sqlite_url(path: Path) -> str:
@@ -36,6 +40,15 @@ def body(n: int = 0, **extra: Any) -> dict[str, Any]:
     return {"id": f"svc-{n}", "name": "svc", "port": 8000 + n, "tags": ["a", "b"], **extra}
 
 
+def put(store: Store, record_id: str, record: dict[str, Any]) -> Any:
+    """A store keeps bytes; the stdlib's JSON, so any text (a lone surrogate too) survives."""
+    return store.put(record_id, json.dumps(record).encode())
+
+
+def records(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
+    return {record_id: json.loads(data) for record_id, data in snapshot.records.items()}
+
+
 class Harness:
     """A store under test; `reload` returns what a restarted master would read back."""
 
@@ -45,17 +58,17 @@ class Harness:
 
     async def reload(self) -> dict[str, dict[str, Any]]:
         if self.url == "memory://":  # nothing outlives the process: read the same one again
-            return await self.store.open()
+            return records(await self.store.open())
         await self.store.close()
         self.store = open_store_url(self.url)
-        return await self.store.open()
+        return records(await self.store.open())
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     url = "memory://" if request.param == "memory" else sqlite_url(tmp_path / "registry.db")
     harness = Harness(url)
-    assert await harness.store.open() == {}
+    assert records(await harness.store.open()) == {}
     yield harness
     await harness.store.close()
 
@@ -72,52 +85,52 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 async def test_put_reads_back(harness: Harness) -> None:
-    await harness.store.put("svc-1", body(1))
-    await harness.store.put("svc-2", body(2))
+    await put(harness.store, "svc-1", body(1))
+    await put(harness.store, "svc-2", body(2))
     assert await harness.reload() == {"svc-1": body(1), "svc-2": body(2)}
 
 
 async def test_put_overwrites(harness: Harness) -> None:
-    await harness.store.put("svc-1", body(1))
-    await harness.store.put("svc-1", body(1, status="critical"))
+    await put(harness.store, "svc-1", body(1))
+    await put(harness.store, "svc-1", body(1, status="critical"))
     assert await harness.reload() == {"svc-1": body(1, status="critical")}
 
 
 async def test_delete_removes(harness: Harness) -> None:
-    await harness.store.put("svc-1", body(1))
-    await harness.store.put("svc-2", body(2))
+    await put(harness.store, "svc-1", body(1))
+    await put(harness.store, "svc-2", body(2))
     await harness.store.delete("svc-1")
     assert await harness.reload() == {"svc-2": body(2)}
 
 
 async def test_delete_of_absent_id_is_a_no_op(harness: Harness) -> None:
-    await harness.store.put("svc-1", body(1))
+    await put(harness.store, "svc-1", body(1))
     await harness.store.delete("nobody")
     assert await harness.reload() == {"svc-1": body(1)}
 
 
 async def test_unicode_survives(harness: Harness) -> None:
     text = {"meta": {"team": "Datenfluß", "note": "日本語 ✓ 🚀", "odd": "\ud800 \x00"}}
-    await harness.store.put("dienst-ü-🚀", body(1, **text))
+    await put(harness.store, "dienst-ü-🚀", body(1, **text))
     assert await harness.reload() == {"dienst-ü-🚀": body(1, **text)}
 
 
 async def test_stored_body_is_a_snapshot(harness: Harness) -> None:
     record = body(1)
-    await harness.store.put("svc-1", record)
+    await put(harness.store, "svc-1", record)
     record["tags"].append("changed-later")
     assert await harness.reload() == {"svc-1": body(1)}
 
 
 async def test_later_concurrent_write_to_an_id_wins(harness: Harness) -> None:
     store = harness.store
-    await store.put("svc-2", body(2))
+    await put(store, "svc-2", body(2))
     await asyncio.gather(
-        store.put("svc-1", body(1)),
-        store.put("svc-1", body(1, status="passing")),
+        put(store, "svc-1", body(1)),
+        put(store, "svc-1", body(1, status="passing")),
         store.delete("svc-2"),
-        store.put("svc-2", body(2, status="warning")),
-        store.put("svc-3", body(3)),
+        put(store, "svc-2", body(2, status="warning")),
+        put(store, "svc-3", body(3)),
         store.delete("svc-3"),
     )
     assert await harness.reload() == {
@@ -173,24 +186,25 @@ async def test_sqlite_file_is_created_with_its_schema(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "registry.db"
     store = SQLiteStore.from_url(sqlite_url(path))
     await store.open()
-    await store.put("svc-1", body(1))
+    await put(store, "svc-1", body(1))
     await store.close()
     assert execute(path, "PRAGMA journal_mode") == [("wal",)]
+    await store.close()
     assert execute(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert execute(path, "SELECT id FROM services") == [("svc-1",)]
     reopened = SQLiteStore.from_url(sqlite_url(path))
-    assert await reopened.open() == {"svc-1": body(1)}
+    assert records(await reopened.open()) == {"svc-1": body(1)}
     await reopened.close()
 
 
 async def test_concurrent_writes_share_commits(sqlite_store: SQLiteStore) -> None:
-    await asyncio.gather(*(sqlite_store.put(f"svc-{n}", body(n)) for n in range(500)))
+    await asyncio.gather(*(put(sqlite_store, f"svc-{n}", body(n)) for n in range(500)))
     assert sqlite_store.writes == 500
     assert sqlite_store.commits < 100
 
     async def writer(w: int) -> None:
         for n in range(20):
-            await sqlite_store.put(f"w{w}-{n}", body(n))
+            await put(sqlite_store, f"w{w}-{n}", body(n))
 
     await asyncio.gather(*(writer(w) for w in range(64)))
     assert sqlite_store.writes == 500 + 64 * 20
@@ -200,42 +214,42 @@ async def test_concurrent_writes_share_commits(sqlite_store: SQLiteStore) -> Non
 async def test_failed_commit_fails_every_waiter_then_recovers(
     sqlite_store: SQLiteStore,
 ) -> None:
-    await sqlite_store.put("svc-0", body(0))
+    await put(sqlite_store, "svc-0", body(0))
     execute(sqlite_store.path, "DROP TABLE services")
     results = await asyncio.gather(
-        *(sqlite_store.put(f"svc-{n}", body(n)) for n in range(1, 11)), return_exceptions=True
+        *(put(sqlite_store, f"svc-{n}", body(n)) for n in range(1, 11)), return_exceptions=True
     )
     assert all(isinstance(result, StoreError) for result in results), results
     assert "no such table" in str(results[0])
-    execute(sqlite_store.path, "CREATE TABLE services (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
-    await sqlite_store.put("svc-11", body(11))
+    execute(sqlite_store.path, SCHEMA_V2[0])
+    await put(sqlite_store, "svc-11", body(11))
     await sqlite_store.delete("svc-11")
-    await sqlite_store.put("svc-12", body(12))
+    await put(sqlite_store, "svc-12", body(12))
     await sqlite_store.close()
     reopened = SQLiteStore.from_url(sqlite_store.url)
-    assert await reopened.open() == {"svc-12": body(12)}
+    assert records(await reopened.open()) == {"svc-12": body(12)}
     await reopened.close()
 
 
 async def test_close_finishes_pending_writes_and_is_idempotent(tmp_path: Path) -> None:
     store = SQLiteStore.from_url(sqlite_url(tmp_path / "registry.db"))
     await store.open()
-    puts = [asyncio.create_task(store.put(f"svc-{n}", body(n))) for n in range(100)]
+    puts = [asyncio.create_task(put(store, f"svc-{n}", body(n))) for n in range(100)]
     await asyncio.sleep(0)  # let every put queue its write
     await store.close()
     await store.close()
     await asyncio.gather(*puts)
     with pytest.raises(StoreError, match="closed"):
-        await store.put("late", body())
+        await put(store, "late", body())
     reopened = SQLiteStore.from_url(store.url)
-    assert len(await reopened.open()) == 100
+    assert len((await reopened.open()).records) == 100
     await reopened.close()
 
 
 async def test_write_before_open_is_a_store_error(tmp_path: Path) -> None:
     store = SQLiteStore.from_url(sqlite_url(tmp_path / "registry.db"))
     with pytest.raises(StoreError, match="not open"):
-        await store.put("svc-1", body(1))
+        await put(store, "svc-1", body(1))
     await store.close()
 
 
@@ -249,15 +263,17 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 async def test_corrupt_rows_are_skipped_with_a_warning(sqlite_store: SQLiteStore) -> None:
-    await sqlite_store.put("good", body(1))
+    await put(sqlite_store, "good", {**body(1), "id": "good", "address": "127.0.0.1"})
     await sqlite_store.close()
     insert = "INSERT INTO services (id, body) VALUES (?, ?)"
     execute(sqlite_store.path, insert, "torn", '{"id": "torn", "na')
     execute(sqlite_store.path, insert, "list", "[1, 2]")
     reopened = SQLiteStore.from_url(sqlite_store.url)
+    registry = Registry(reopened)  # what a master loads
     with capture_logs() as logs:
-        assert await reopened.open() == {"good": body(1)}
+        await registry.load()
     await reopened.close()
+    assert [record.id for record in registry.records()] == ["good"]
     skipped = {e["service_id"] for e in logs if e["event"] == "store_row_skipped"}
     assert skipped == {"torn", "list"}
 
@@ -279,7 +295,7 @@ from master.store import open_store_url
 async def writer(store, w):
     for n in range(100_000):
         record_id = f"w{w}-{n}"
-        await store.put(record_id, {"id": record_id, "n": n})
+        await store.put(record_id, b'{"id": "%s", "n": %d}' % (record_id.encode(), n))
         sys.stdout.write(record_id + "\\n")
         sys.stdout.flush()
 
@@ -344,6 +360,60 @@ async def read_back(url: str) -> dict[str, dict[str, Any]]:
     """What a master restarted on the same file would load."""
     store = open_store_url(url)
     try:
-        return await store.open()
+        return records(await store.open())
     finally:
         await store.close()
+
+
+# --- revisions and documents ---------------------------------------------------------------
+
+
+async def test_revision_moves_on_every_write_and_survives_a_restart(harness: Harness) -> None:
+    first = await put(harness.store, "svc-1", body(1))
+    second = await put(harness.store, "svc-2", body(2))
+    third = await harness.store.delete("svc-1")
+    assert first < second < third
+    if harness.url != "memory://":
+        await harness.store.close()
+        harness.store = open_store_url(harness.url)
+    assert (await harness.store.open()).revision == third
+    assert await put(harness.store, "svc-3", body(3)) > third
+
+
+async def test_documents_are_kept_once_and_dropped_when_asked(harness: Harness) -> None:
+    document = Document.of(b'{"openapi":"3.0.3"}')
+    await harness.store.put("svc-1", b"{}", document)
+    await harness.store.put("svc-2", b"{}", document)
+    if harness.url != "memory://":
+        await harness.store.close()
+        harness.store = open_store_url(harness.url)
+    assert (await harness.store.open()).documents == {document.sha256: document.body}
+    await harness.store.delete("svc-1")
+    await harness.store.delete("svc-2", drop=[document.sha256])
+    assert (await harness.store.open()).documents == {}
+
+
+async def test_version_1_file_is_upgraded_with_its_documents_moved(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    document = {"openapi": "3.0.3", "paths": {"/a": {}}, "info": {"title": "x"}}
+    execute(path, "CREATE TABLE services (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    for record_id in ("svc-1", "svc-2"):
+        row = {"id": record_id, "name": "svc", "address": "10.0.0.1", "port": 80}
+        execute(
+            path,
+            "INSERT INTO services VALUES (?, ?)",
+            record_id,
+            json.dumps({**row, "status": "passing", "openapi": document}),
+        )
+    execute(path, "PRAGMA user_version = 1")
+    store = SQLiteStore.from_url(sqlite_url(path))
+    registry = Registry(store)
+    assert await registry.load() == 2
+    assert registry.index == 2
+    stored = execute(path, "SELECT sha256 FROM documents")
+    assert len(stored) == 1  # two records, one document
+    for record in registry.records():
+        assert record.openapi_sha256 == stored[0][0]
+        assert json.loads(registry.with_document(record))["openapi"] == document
+    await store.close()
+    assert execute(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]

@@ -13,11 +13,11 @@ import codecs
 import errno
 import socket
 import time
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 
-from master.model import OUTPUT_MAX, CheckResult, Status, format_duration
+from master.model import OUTPUT_MAX, CheckResult, FieldError, Status, format_duration, loads_json
 
 PASSING_CODES: Final = range(200, 300)
 WARNING_CODE: Final = 429
@@ -52,12 +52,32 @@ async def probe_http(
         return critical(f"timed out after {format_duration(timeout)}", started)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         return critical(describe_error(exc), started)
+    output = decode_capped(body)
+    detail = _answer_detail(output, response.content_type)
+    if detail is not None:
+        output = detail.pop("output")
     return CheckResult(
         status=status_of(response.status),
-        output=decode_capped(body) or f"HTTP {response.status} {response.reason or ''}".rstrip(),
+        output=output or f"HTTP {response.status} {response.reason or ''}".rstrip(),
         duration_ms=elapsed_ms(started),
         http_status=response.status,
+        detail=detail,
     )
+
+
+def _answer_detail(text: str, content_type: str) -> dict[str, Any] | None:
+    """A JSON answer with a text `output` (a sidecar's /health says what its own check of
+    the service said there): that text is the output, the rest of the answer the detail,
+    kept as data rather than as JSON inside a string."""
+    if content_type != "application/json" or not text.startswith("{"):
+        return None
+    try:
+        answer = loads_json(text)
+    except FieldError:
+        return None  # cut off by the cap, or not JSON after all: keep it as text
+    if isinstance(answer, dict) and isinstance(answer.get("output"), str):
+        return answer
+    return None
 
 
 async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:

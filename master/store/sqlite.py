@@ -1,5 +1,8 @@
 """`sqlite:///PATH`: one local file, durable on every acknowledged write.
 
+`sqlite:///relative/path` is relative to the working directory, `sqlite:////abs/path`
+absolute (the usual convention); the resolved path is logged at open.
+
 Every sqlite3 call runs in one writer thread, so the event loop never waits on the disk.
 Writes are grouped: while one transaction commits, new writes queue up, and the next
 transaction takes them all. One fsync then acknowledges many PUTs, which is what lets
@@ -10,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,22 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from master.store.base import Store, StoreError
+from master.model import Document, FieldError, canonical_document, encode, loads_json
+from master.store.base import Snapshot, Store, StoreError
 
 log = structlog.get_logger("master.store.sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000  # another process reading the file (a backup, the sqlite3 shell)
 URL_FORM = "sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH"
+# Version 2 keeps each OpenAPI document once (by sha256) and persists the revision, so the
+# registry index never starts again at 1. Version 1 files are upgraded in place at open.
+SCHEMA_V2 = (
+    "CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, body BLOB NOT NULL, "
+    "revision INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS documents (sha256 TEXT PRIMARY KEY, body BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
 
 T = TypeVar("T")
 
@@ -35,8 +46,11 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class _Write:
     record_id: str
-    body: str | None  # None deletes
-    done: asyncio.Future[None]
+    body: bytes | None  # None deletes
+    document: Document | None
+    drop: tuple[str, ...]
+    revision: int
+    done: asyncio.Future[int]
 
 
 class SQLiteStore(Store):
@@ -50,9 +64,11 @@ class SQLiteStore(Store):
         self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._revision = 0  # the last one handed out; committed ones are at most this
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
+        """`sqlite:///relative/path` or `sqlite:////absolute/path`, the usual convention."""
         parts = urlsplit(url)
         if parts.scheme != "sqlite" or parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"bad SQLite store URL {url!r}: use {URL_FORM}")
@@ -64,16 +80,26 @@ class SQLiteStore(Store):
     def describe(self) -> str:
         return self.url
 
-    async def open(self) -> dict[str, dict[str, Any]]:
-        return await self._in_writer(self._open_sync)
+    async def open(self) -> Snapshot:
+        snapshot = await self._in_writer(self._open_sync)
+        self._revision = snapshot.revision
+        return snapshot
 
-    async def put(self, record_id: str, body: Mapping[str, Any]) -> None:
-        # Encoded now, so a caller mutating its dict later cannot change what is stored;
-        # ASCII, so a lone surrogate from a JSON escape cannot fail the UTF-8 encoding.
-        await self._submit(record_id, json.dumps(body, separators=(",", ":")))
+    def log_fields(self) -> dict[str, Any]:
+        return {"path": str(self.path.resolve())}
 
-    async def delete(self, record_id: str) -> None:
-        await self._submit(record_id, None)
+    async def put(
+        self,
+        record_id: str,
+        record: bytes,
+        document: Document | None = None,
+        *,
+        drop: Iterable[str] = (),
+    ) -> int:
+        return await self._submit(record_id, bytes(record), document, tuple(drop))
+
+    async def delete(self, record_id: str, *, drop: Iterable[str] = ()) -> int:
+        return await self._submit(record_id, None, None, tuple(drop))
 
     async def close(self) -> None:
         if self._closed:
@@ -91,14 +117,21 @@ class SQLiteStore(Store):
     async def _in_writer(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
-    async def _submit(self, record_id: str, body: str | None) -> None:
+    async def _submit(
+        self,
+        record_id: str,
+        body: bytes | None,
+        document: Document | None,
+        drop: tuple[str, ...],
+    ) -> int:
         if self._closed or self._conn is None:
             raise StoreError(f"{self.url} is {'closed' if self._closed else 'not open'}")
-        write = _Write(record_id, body, asyncio.get_running_loop().create_future())
-        self._pending.append(write)
+        self._revision += 1  # handed out in queue order, which is commit order
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(record_id, body, document, drop, self._revision, done))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        await write.done
+        return await done
 
     async def _flush(self) -> None:
         """Commit everything pending in one transaction, again until nothing is left."""
@@ -115,38 +148,27 @@ class SQLiteStore(Store):
             self.writes += len(batch)
             for write in batch:
                 if not write.done.done():
-                    write.done.set_result(None)
+                    write.done.set_result(write.revision)
         self._flusher = None
 
     # --- in the writer thread ------------------------------------------------------------
 
-    def _open_sync(self) -> dict[str, dict[str, Any]]:
+    def _open_sync(self) -> Snapshot:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
-            rows = self._prepare(conn)
+            snapshot = self._prepare(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
-        records: dict[str, dict[str, Any]] = {}
-        for record_id, text in rows:
-            try:
-                body = json.loads(text)
-            except ValueError as exc:
-                log.warning("store_row_skipped", service_id=record_id, reason=str(exc))
-                continue
-            if not isinstance(body, dict):
-                log.warning("store_row_skipped", service_id=record_id, reason="not an object")
-                continue
-            records[record_id] = body
-        return records
+        return snapshot
 
-    def _prepare(self, conn: sqlite3.Connection) -> list[tuple[str, str]]:
-        """Set the pragmas, create or check the schema, and read every row."""
+    def _prepare(self, conn: sqlite3.Connection) -> Snapshot:
+        """Set the pragmas, create, upgrade or check the schema, and read everything."""
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -159,14 +181,22 @@ class SQLiteStore(Store):
                 )
             if version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, body TEXT NOT NULL)"
-                )
+                if version == 1:
+                    _upgrade_from_v1(conn)
+                for statement in SCHEMA_V2:
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
-            return conn.execute("SELECT id, body FROM services").fetchall()
+            row = conn.execute("SELECT value FROM state WHERE key = 'revision'").fetchone()
+            records = dict(conn.execute("SELECT id, body FROM services").fetchall())
+            documents = dict(conn.execute("SELECT sha256, body FROM documents").fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        return Snapshot(
+            revision=row[0] if row else 0,
+            records={k: _bytes(v) for k, v in records.items()},
+            documents={k: _bytes(v) for k, v in documents.items()},
+        )
 
     def _commit_sync(self, batch: list[_Write]) -> None:
         assert self._conn is not None
@@ -174,16 +204,67 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             for write in batch:  # in queue order, so the last write to an id wins
+                if write.document is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO documents (sha256, body) VALUES (?, ?)",
+                        (write.document.sha256, write.document.body),
+                    )
                 if write.body is None:
                     conn.execute("DELETE FROM services WHERE id = ?", (write.record_id,))
                 else:
                     conn.execute(
-                        "INSERT OR REPLACE INTO services (id, body) VALUES (?, ?)",
-                        (write.record_id, write.body),
+                        "INSERT OR REPLACE INTO services (id, body, revision) VALUES (?, ?, ?)",
+                        (write.record_id, write.body, write.revision),
                     )
+                conn.executemany(
+                    "DELETE FROM documents WHERE sha256 = ?", [(sha,) for sha in write.drop]
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO state (key, value) VALUES ('revision', ?)",
+                (batch[-1].revision,),
+            )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise StoreError(f"commit to {self.path} failed: {exc}") from exc
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """A row's body: written as a BLOB; TEXT where a person or an older master wrote it."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+
+
+def _upgrade_from_v1(conn: sqlite3.Connection) -> None:
+    """Version 1 held each record as JSON text with its document inside: move every
+    document to its own table, once per distinct content, and name it by sha256. A row
+    that is not a JSON object is left for the registry to skip (and log)."""
+    rows = conn.execute("SELECT id, body FROM services").fetchall()
+    conn.execute("ALTER TABLE services RENAME TO services_v1")
+    for statement in SCHEMA_V2:
+        conn.execute(statement)
+    for revision, (record_id, text) in enumerate(rows, 1):
+        body: Any
+        try:
+            body = loads_json(text)
+        except FieldError:
+            body = None
+        if isinstance(body, dict):
+            document = body.pop("openapi", None)
+            body["openapi_sha256"] = None
+            if isinstance(document, dict):
+                stored = Document.of(canonical_document(document))
+                conn.execute(
+                    "INSERT OR REPLACE INTO documents (sha256, body) VALUES (?, ?)",
+                    (stored.sha256, stored.body),
+                )
+                body["openapi_sha256"] = stored.sha256
+            text = encode(body)
+        conn.execute(
+            "INSERT INTO services (id, body, revision) VALUES (?, ?, ?)",
+            (record_id, text if isinstance(text, bytes) else text.encode(), revision),
+        )
+    conn.execute("INSERT INTO state (key, value) VALUES ('revision', ?)", (len(rows),))
+    conn.execute("DROP TABLE services_v1")
+    log.info("sqlite_upgraded", from_version=1, to_version=SCHEMA_VERSION, records=len(rows))
