@@ -30,7 +30,7 @@ clean:
 # The benchmark (issue 5) runs in its own venvs, so the test venv holds only what
 # pyproject.toml declares: bench/.venv has the project (editable) with matplotlib and
 # py-spy; bench/.venv-picoapi has the original picoapi 1.0.4 master and its server.
-# From Debian when missing: node (the test service) and wrk (a cross-check of lookups).
+# From Debian when missing: node (the test service) and wrk (the main load generator).
 BENCH_VENV := bench/.venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 PICOAPI_STAMP := bench/.venv-picoapi/.installed

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cases import Case, Result, Row, dec, goal
 from bench.common import Procs, free_port, log, mib, percentile
 from bench.modes import Mode
 from bench.sidecars import follow, sidecar_yaml
@@ -57,11 +58,13 @@ async def run(mode: Mode, logs: Path) -> dict[str, Any]:
         cpu0, floor_cpu0, t0 = sidecar.cpu_seconds(), floor.cpu_seconds(), time.perf_counter()
         await asyncio.sleep(mode.idle_s)
         cpu1, floor_cpu1, t1 = sidecar.cpu_seconds(), floor.cpu_seconds(), time.perf_counter()
-        memory = {
+        memory: dict[str, Any] = {
             "sidecar_rss_mib": mib(sidecar.rss()),
             "sidecar_uss_mib": mib(sidecar.uss()),
             "floor_rss_mib": mib(floor.rss()),
             "floor_uss_mib": mib(floor.uss()),
+            "sidecar_event_loop": sidecar.event_loop(),
+            "floor_event_loop": floor.event_loop(),
         }
         window = t1 - t0
         calls = await health_overhead(
@@ -120,3 +123,136 @@ async def health_overhead(sidecar_url: str, direct_url: str, calls: int) -> dict
         "health_overhead_p50_ms": (sidecar_p50 - direct_p50) * 1000,
         "health_overhead_p99_ms": (sidecar_p99 - direct_p99) * 1000,
     }
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def checks(foot: Result) -> list[Row]:
+    rss, floor = foot.get("sidecar_rss_mib"), foot.get("floor_rss_mib")
+    cpu = foot.get("sidecar_idle_cpu_pct")
+    over = foot.get("health_overhead_p50_ms")
+    return [
+        goal(
+            "Sidecar RSS vs the floor",
+            f"{dec(rss, 1)} MiB vs {dec(floor, 1)} MiB",
+            rss,
+            floor,
+            baseline="-",
+            need=1.1,
+            at_least=False,
+            strict=True,
+            need_text="within 10 % (< 1.1x)",
+            problems=_loop_problems(foot),
+        ),
+        goal(
+            "Sidecar idle CPU",
+            f"{dec(cpu, 3)} % of a core",
+            cpu,
+            0.5,
+            baseline="-",
+            need=1,
+            at_least=False,
+            strict=True,
+            need_text="< 0.5 %",
+        ),
+        goal(
+            "Sidecar /health adds, at the median",
+            f"{dec(over, 3)} ms",
+            over,
+            1.0,
+            baseline="-",
+            need=1,
+            at_least=False,
+            strict=True,
+            need_text="< 1 ms",
+        ),
+    ]
+
+
+def _loop_problems(foot: Result) -> list[str]:
+    sidecar, floor = foot.get("sidecar_event_loop"), foot.get("floor_event_loop")
+    if sidecar and floor and sidecar != floor:
+        return [f"the sidecar runs {sidecar}, the floor {floor}: not the same event loop"]
+    return []
+
+
+def headline(foot: Result) -> dict[str, Any]:
+    keys = (
+        "sidecar_rss_mib",
+        "sidecar_uss_mib",
+        "floor_rss_mib",
+        "floor_uss_mib",
+        "sidecar_idle_cpu_pct",
+        "health_overhead_p50_ms",
+        "health_overhead_p99_ms",
+    )
+    return {key: foot.get(key) for key in keys}
+
+
+def section(foot: Result) -> list[str]:
+    return [
+        "",
+        f"## 5. Sidecar footprint (idle {foot['idle_s']:.0f} s, {foot['health_calls']:,} "
+        "sequential /health calls)",
+        "",
+        "| process | RSS MiB | USS MiB | idle CPU |",
+        "|---|---:|---:|---:|",
+        f"| picoapi-sidecar ({foot.get('sidecar_event_loop', '-')}) | "
+        f"{foot['sidecar_rss_mib']:.1f} | {foot['sidecar_uss_mib']:.1f} | "
+        f"{foot['sidecar_idle_cpu_pct']:.3f} % |",
+        "| floor (aiohttp + pyyaml + psutil + structlog, one route; "
+        f"{foot.get('floor_event_loop', '-')}) | "
+        f"{foot['floor_rss_mib']:.1f} | {foot['floor_uss_mib']:.1f} | "
+        f"{foot['floor_idle_cpu_pct']:.3f} % |",
+        "",
+        "| call | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+        f"| sidecar `/health` (runs the http check) | {foot['sidecar_health_p50_ms']:.3f} | "
+        f"{foot['sidecar_health_p99_ms']:.3f} |",
+        f"| the service's `/healthz` directly | {foot['direct_healthz_p50_ms']:.3f} | "
+        f"{foot['direct_healthz_p99_ms']:.3f} |",
+        f"| **added by the sidecar** | {foot['health_overhead_p50_ms']:.3f} | "
+        f"{foot['health_overhead_p99_ms']:.3f} |",
+    ]
+
+
+def plots(foot: Result, out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    if "sidecar_rss_mib" not in foot:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    labels = ["RSS", "USS"]
+    x = range(len(labels))
+    ax.bar(
+        [i - 0.2 for i in x],
+        [foot["sidecar_rss_mib"], foot["sidecar_uss_mib"]],
+        0.4,
+        label="sidecar",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [foot["floor_rss_mib"], foot["floor_uss_mib"]],
+        0.4,
+        label="floor",
+    )
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("MiB")
+    ax.legend(fontsize=8)
+    ax.set_title("5. Sidecar vs floor")
+    fig.tight_layout()
+    fig.savefig(out / "footprint.png", dpi=110)
+    plt.close(fig)
+    return ["footprint.png"]
+
+
+CASE = Case(
+    name="footprint",
+    order=50,
+    run=run,
+    checks=checks,
+    section=section,
+    headline=headline,
+    plots=plots,
+)

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cases import Case, Result, Row, dec, get, goal
 from bench.common import Procs, free_port, log, median, wait_until_count
 from bench.modes import Mode
 from bench.sidecars import follow, sidecar_yaml, write_atomically
@@ -138,3 +139,109 @@ async def master_restart(mode: Mode, logs: Path) -> dict[str, Any]:
         "from_stop_s": back_at - stopped_at,
         "restart_gap_s": up_at - stopped_at,
     }
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def _median_or_none(values: list[float] | None) -> float | None:
+    return median(values) if values else None
+
+
+def _max_or_none(values: list[float] | None) -> float | None:
+    return max(values) if values else None
+
+
+def checks(result: Result) -> list[Row]:
+    death, death_max = (
+        _median_or_none(result.get("death_to_critical_s")),
+        _max_or_none(result.get("death_to_critical_s")),
+    )
+    edit, edit_max = (
+        _median_or_none(result.get("tag_edit_s")),
+        _max_or_none(result.get("tag_edit_s")),
+    )
+    return [
+        goal(
+            "Death to critical, worst round",
+            f"median {dec(death, 2)} s, worst {dec(death_max, 2)} s",
+            death_max,
+            2.0,
+            baseline="-",
+            need=1,
+            at_least=False,
+            need_text="<= interval + timeout + 0.5 s (2 s)",
+        ),
+        goal(
+            "Tag edit to master, worst round",
+            f"median {dec(edit, 3)} s, worst {dec(edit_max, 3)} s",
+            edit_max,
+            1.0,
+            baseline="-",
+            need=1,
+            at_least=False,
+            strict=True,
+            need_text="< 1 s",
+        ),
+    ]
+
+
+def headline(result: Result) -> dict[str, Any]:
+    return {
+        "death_to_critical_s": _median_or_none(result.get("death_to_critical_s")),
+        "death_to_critical_max_s": _max_or_none(result.get("death_to_critical_s")),
+        "tag_edit_to_master_s": _median_or_none(result.get("tag_edit_s")),
+        "tag_edit_to_master_max_s": _max_or_none(result.get("tag_edit_s")),
+        "restart_all_back_s": get(result, "restart", "from_start_s"),
+    }
+
+
+def section(fresh: Result) -> list[str]:
+    death, edit, restart = fresh["death_to_critical_s"], fresh["tag_edit_s"], fresh["restart"]
+    return [
+        "",
+        "## 4. Freshness",
+        "",
+        "| what | median | worst | rounds |",
+        "|---|---:|---:|---:|",
+        f"| death to critical (check {fresh['check_interval']}, timeout "
+        f"{fresh['check_timeout']}) | {median(death):.3f} s | {max(death):.3f} s | "
+        f"{len(death)} |",
+        f"| YAML tag edit to the master | {median(edit):.3f} s | {max(edit):.3f} s | {len(edit)} |",
+        f"| master restarted on an empty store: all {restart['sidecars']} sidecars' services"
+        f" back (resync {restart['resync']}), from the new master's start | "
+        f"{restart['from_start_s']:.2f} s | - | 1 |",
+        f"| ... from the old master's stop ({restart['restart_gap_s']:.2f} s down) | "
+        f"{restart['from_stop_s']:.2f} s | - | 1 |",
+    ]
+
+
+def plots(fresh: Result, out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    if not fresh.get("death_to_critical_s"):
+        return []
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(fresh["death_to_critical_s"], [1] * len(fresh["death_to_critical_s"]), "o")
+    ax.plot(fresh["tag_edit_s"], [0] * len(fresh["tag_edit_s"]), "o")
+    ax.plot([2.0], [1], "r|", markersize=30)
+    ax.plot([1.0], [0], "r|", markersize=30)
+    ax.set_yticks([0, 1], ["tag edit", "death to\ncritical"])
+    ax.set_xlabel("seconds (red: target)")
+    ax.set_ylim(-0.5, 1.5)
+    ax.set_title("4. Freshness, each round")
+    fig.tight_layout()
+    fig.savefig(out / "freshness.png", dpi=110)
+    plt.close(fig)
+    return ["freshness.png"]
+
+
+CASE = Case(
+    name="freshness",
+    order=40,
+    run=run,
+    checks=checks,
+    section=section,
+    headline=headline,
+    plots=plots,
+)

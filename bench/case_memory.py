@@ -1,6 +1,6 @@
 """6. Master memory per registered service.
 
-A fresh master process each time: its RSS once started, then 10,000 services PUT through
+A fresh master process each time: its RSS once started, then N services PUT through
 its API (64 concurrent), then its RSS again; the difference over N is the cost of one
 service, everything included (the record, its indexes, its cached JSON, its schedule entry,
 the store's copy on memory://, and whatever the allocator keeps from handling the PUTs).
@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.cases import Case, Result, Row, get, goal, num
 from bench.common import Procs, loadgen, log, mib
 from bench.modes import Mode
 from bench.workloads import openapi_document
@@ -64,3 +65,85 @@ async def run(mode: Mode, logs: Path) -> dict[str, Any]:
             f"{(after - before) / n:,.0f} bytes per service"
         )
     return results
+
+
+# --- the report ------------------------------------------------------------------------
+
+GOAL_BYTES = 2048
+
+
+def goals(mem: Result) -> list[Row]:
+    per = get(mem, "memory", "bytes_per_service")
+    count = mem.get("services") or 0
+    return [
+        goal(
+            f"Master memory per registered service, no OpenAPI document (RSS after {count:,}"
+            " minus before, over N; memory://), vs 2 KiB",
+            f"{num(per)} bytes",
+            per,
+            GOAL_BYTES,
+            baseline="3.4 KiB",
+            need=1,
+            at_least=False,
+            need_text="<= 2 KiB",
+        )
+    ]
+
+
+def headline(mem: Result) -> dict[str, Any]:
+    return {
+        "master_bytes_per_service": get(mem, "memory", "bytes_per_service"),
+        "master_bytes_per_service_openapi": get(mem, "memory_openapi", "bytes_per_service"),
+        "master_bytes_per_service_sqlite": get(mem, "sqlite", "bytes_per_service"),
+    }
+
+
+def section(mem: Result) -> list[str]:
+    lines = [
+        "",
+        f"## 6. Master memory ({mem['services']:,} services, a fresh master each)",
+        "",
+        "| store, document | RSS before MiB | RSS after MiB | bytes per service |",
+        "|---|---:|---:|---:|",
+    ]
+    labels = {
+        "memory": "memory://, no OpenAPI document",
+        "memory_openapi": f"memory://, a {mem['openapi_bytes']:,}-byte OpenAPI document each",
+        "sqlite": "sqlite:///, no OpenAPI document",
+    }
+    for key, label in labels.items():
+        if key in mem:
+            r = mem[key]
+            lines.append(
+                f"| {label} | {r['rss_before_mib']:.1f} | {r['rss_after_mib']:.1f} | "
+                f"{r['bytes_per_service']:,.0f} |"
+            )
+    return lines
+
+
+def plots(mem: Result, out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("memory", "memory_openapi", "sqlite") if k in mem]
+    if not keys:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.bar(keys, [mem[k]["bytes_per_service"] for k in keys], color="#f28e2b")
+    ax.axhline(GOAL_BYTES, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylabel("bytes per service (goal <= 2 KiB w/o doc)")
+    ax.set_title("6. Master memory")
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=110)
+    plt.close(fig)
+    return ["memory.png"]
+
+
+CASE = Case(
+    name="memory",
+    order=60,
+    run=run,
+    goals=goals,
+    section=section,
+    headline=headline,
+    plots=plots,
+)

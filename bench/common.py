@@ -139,6 +139,15 @@ class Proc:
     def uss(self) -> int:
         return int(self.ps.memory_full_info().uss)
 
+    def has_loaded(self, library: str) -> bool:
+        """Whether a shared object whose path holds `library` is mapped (/proc/PID/maps):
+        "uvloop" says the process runs uvloop's event loop, "httptools" its HTTP parser."""
+        with open(f"/proc/{self.pid}/maps") as maps:
+            return any(library in line and ".so" in line for line in maps)
+
+    def event_loop(self) -> str:
+        return "uvloop" if self.has_loaded("uvloop") else "asyncio"
+
 
 class Procs:
     """Starts processes for one case and stops every one of them, by pid, at the end."""
@@ -249,6 +258,75 @@ async def loadgen(
         result["server_cpu_pct"] = 100 * used / result["elapsed_s"]
         result["server_cpu_us"] = 1e6 * used / max(result["done"], 1)
     return result
+
+
+def loadgen_problems(result: dict[str, Any]) -> list[str]:
+    """A Python-client run's answers that were not 2xx, and its client errors."""
+    found = []
+    bad = {s: c for s, c in result["statuses"].items() if not 200 <= int(s) < 300}
+    if bad:
+        found.append("answers " + ", ".join(f"{s}: {c:,}" for s, c in bad.items()))
+    if result["errors"]:
+        found.append("errors " + ", ".join(f"{k}: {v:,}" for k, v in result["errors"].items()))
+    if not result["ok"]:
+        found.append("no request answered")
+    return found
+
+
+async def checked_loadgen(spec: dict[str, Any], server: Proc | None = None) -> dict[str, Any]:
+    """`loadgen`, its problems listed; a run that fails outright is a run with a problem."""
+    try:
+        result = await loadgen(spec, server)
+    except Exception as exc:
+        return {
+            "rps": None,
+            "ok": 0,
+            "truncated": False,
+            "problems": [f"not measured: {type(exc).__name__}: {exc}"[:300]],
+            "concurrency": spec.get("concurrency"),
+        }
+    result["problems"] = loadgen_problems(result)
+    return result
+
+
+def mid(results: Iterable[dict[str, Any]], key: str) -> float | None:
+    """The median of `key` over the runs that have it; None if none has."""
+    values = [r[key] for r in results if r.get(key) is not None]
+    return median(values) if values else None
+
+
+def summarize_loadgen(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated Python-client runs of one target; every run's problems."""
+    return {
+        "rps": mid(results, "rps"),
+        "rps_runs": [None if r["rps"] is None else round(r["rps"], 1) for r in results],
+        "p50_ms": mid(results, "p50_ms"),
+        "p99_ms": mid(results, "p99_ms"),
+        "ok": [r["ok"] for r in results],
+        "concurrency": results[0].get("concurrency"),
+        "client_cpu_pct": mid(results, "client_cpu_pct"),
+        "server_cpu_pct": mid(results, "server_cpu_pct"),
+        "server_cpu_us": mid(results, "server_cpu_us"),
+        "truncated": any(r["truncated"] for r in results),
+        "problems": [f"run {i + 1}: {p}" for i, r in enumerate(results) for p in r["problems"]],
+    }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One log line's worth of a run (wrk's or the Python client's)."""
+
+    def num(key: str, digits: int = 0) -> str:
+        value = result.get(key)
+        return "-" if value is None else f"{value:,.{digits}f}"
+
+    line = (
+        f"{num('rps'):>8}/s p50 {num('p50_ms', 2)} ms p99 {num('p99_ms', 2)} ms (client CPU "
+        f"{num('client_cpu_pct')} %, server {num('server_cpu_pct')} %, "
+        f"{num('server_cpu_us')} us/request)"
+    )
+    if result.get("problems"):
+        line += f" PROBLEMS: {'; '.join(result['problems'])}"
+    return line
 
 
 # --- HTTP from the orchestrator ---------------------------------------------------------

@@ -3,11 +3,12 @@
 is here, so its RSS is the least any Python sidecar on these libraries can weigh.
 
     python -m bench.floor      # prints "LISTENING <port>"; SIGTERM stops it
+
+It runs on the daemons' own event loop (master.shared.daemon.run: uvloop where installed),
+as the sidecar does, so the floor carries the same loop.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 import psutil
 import structlog
@@ -15,6 +16,7 @@ import yaml
 from aiohttp import web
 
 from bench.daemons import serve_until_signal
+from master.shared import daemon
 
 LIBRARIES = (psutil, structlog, yaml)  # imported for their weight, as the sidecar does
 
@@ -26,4 +28,4 @@ async def health(request: web.Request) -> web.Response:
 if __name__ == "__main__":
     app = web.Application()
     app.router.add_get("/health", health)
-    asyncio.run(serve_until_signal(app))
+    daemon.run(serve_until_signal(app))

@@ -1,6 +1,7 @@
-"""The two sizes of run: `full` (`make bench`) and `quick` (`make bench-quick`, < 3 min).
+"""The two sizes of run: `full` (`make bench`) and `quick` (`make bench-quick`, < 4 min).
 
-Same cases, same code; quick only sends fewer requests and watches for shorter windows.
+Same cases, same code; quick only runs wrk for shorter windows, repeats less and sends the
+Python cross-check fewer requests.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Mode:
     name: str
-    repeats: int  # of every throughput measurement; the median is reported
-    # 1. registration
+    repeats: int  # of every wrk measurement, the targets in turn; the median is reported
+    wrk_seconds: float  # each wrk run (-d)
+    py_repeats: int  # of every Python-client cross-check
+    # 1. registration (the Python cross-check's requests)
     register_n: int
     picoapi_register_seconds: float  # cap: its checker threads make it slow
     # 2. lookup
-    lookup_services: int
-    lookup_n: int
-    list_n: int
+    list_services: int  # registered when the full list is measured
+    lookup_services: int  # registered when the tag lookups are measured
+    lookup_n: int  # Python cross-check: tag and id GETs
+    list_n: int  # Python cross-check: full lists
     wake_rounds: int
     # 3. health-check capacity
     health_ns: tuple[int, ...]
@@ -41,9 +45,12 @@ class Mode:
 FULL = Mode(
     name="full",
     repeats=3,
+    wrk_seconds=10.0,
+    py_repeats=2,
     register_n=10_000,
     picoapi_register_seconds=30.0,
-    lookup_services=10_000,
+    list_services=10_000,
+    lookup_services=30_000,
     lookup_n=20_000,
     list_n=60,
     wake_rounds=10,
@@ -64,9 +71,12 @@ FULL = Mode(
 QUICK = Mode(
     name="quick",
     repeats=2,
-    register_n=3_000,
+    wrk_seconds=3.0,
+    py_repeats=1,
+    register_n=5_000,
     picoapi_register_seconds=6.0,
-    lookup_services=10_000,
+    list_services=10_000,
+    lookup_services=30_000,
     lookup_n=5_000,
     list_n=16,
     wake_rounds=3,
@@ -81,7 +91,7 @@ QUICK = Mode(
     restart_sidecars=3,
     idle_s=8.0,
     health_calls=200,
-    memory_services=5_000,
+    memory_services=10_000,
 )
 
 MODES = {"full": FULL, "quick": QUICK}

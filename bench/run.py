@@ -1,13 +1,14 @@
-"""Run the benchmark: every case of issue 5, then latest.json, latest.md and the plots.
+"""Run the benchmark: every case, then latest.json, latest.md and the plots.
 
-    bench/.venv/bin/python -m bench.run --mode quick          # make bench-quick, < 3 min
+    bench/.venv/bin/python -m bench.run --mode quick          # make bench-quick, < 4 min
     bench/.venv/bin/python -m bench.run --mode full --profile # make bench
     bench/.venv/bin/python -m bench.run --mode quick --cases registration,memory
 
 Run from the repository root, in bench/.venv (the project installed with matplotlib and
 py-spy); the original picoapi master runs from bench/.venv-picoapi. Everything listens on
 127.0.0.1; every process a case starts is stopped by pid when the case ends. A case that
-fails is reported as failed and the others still run.
+fails is reported as failed and the others still run. The cases are the `bench/case_*.py`
+modules that define a `CASE` (bench/cases.py): a new one needs no change here.
 """
 
 from __future__ import annotations
@@ -21,32 +22,14 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-from bench import (
-    case_footprint,
-    case_freshness,
-    case_health,
-    case_lookup,
-    case_memory,
-    case_registration,
-    profile,
-    report,
-)
+from bench import profile, report
+from bench.cases import Case, discover
 from bench.common import RESULTS, log, machine
 from bench.modes import MODES, Mode
 
-CaseRun = Callable[[Mode, Path], Awaitable[dict[str, Any]]]
-CASES: dict[str, CaseRun] = {
-    "registration": case_registration.run,
-    "lookup": case_lookup.run,
-    "health": case_health.run,
-    "freshness": case_freshness.run,
-    "footprint": case_footprint.run,
-    "memory": case_memory.run,
-}
+CASES: dict[str, Case] = discover()
 
 
 async def run(mode: Mode, names: list[str], with_profile: bool) -> dict[str, Any]:
@@ -64,7 +47,7 @@ async def run(mode: Mode, names: list[str], with_profile: bool) -> dict[str, Any
     for name in names:
         case_started = time.perf_counter()
         try:
-            cases[name] = await CASES[name](mode, logs)
+            cases[name] = await CASES[name].run(mode, logs)
         except Exception as exc:
             traceback.print_exc()
             errors[name] = f"{type(exc).__name__}: {exc}"[:500]
@@ -76,21 +59,37 @@ async def run(mode: Mode, names: list[str], with_profile: bool) -> dict[str, Any
         except Exception as exc:
             errors["profile"] = f"{type(exc).__name__}: {exc}"[:500]
             log(f"profile FAILED: {errors['profile']}")
-    headline = report.headline(cases)
+    return complete(
+        {
+            "mode": mode.name,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cores": info["cores"],
+            "loadavg": info["loadavg"],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "duration_s": time.perf_counter() - started,
+            "machine": info,
+            "ran": names,
+            "errors": errors,
+            "plots": [],
+            "cases": cases,
+        }
+    )
+
+
+def complete(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline keys, the goals and the other checks, from the cases' results.
+
+    `errors` are the cases that failed to measure; `report_errors` the cases whose report
+    failed (computed afresh each time, as is everything here)."""
+    report_errors: dict[str, str] = {}
+    headline = report.headline(CASES, result["cases"], report_errors)
     return {
-        "mode": mode.name,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cores": info["cores"],
-        "loadavg": info["loadavg"],
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "duration_s": time.perf_counter() - started,
-        "machine": info,
+        **result,
         **headline,
         "headline": headline,
-        "targets": report.targets(headline),
-        "errors": errors,
-        "plots": [],
-        "cases": cases,
+        "goals": report.goals(CASES, result, report_errors),
+        "checks": report.checks(CASES, result, report_errors),
+        "report_errors": report_errors,
     }
 
 
@@ -113,11 +112,11 @@ def main() -> int:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="measure nothing: rebuild targets, latest.md and plots from latest.json",
+        help="measure nothing: rebuild the goals, latest.md and plots from latest.json",
     )
     args = parser.parse_args()
     if args.report_only:
-        return write(rebuild(json.loads((RESULTS / "latest.json").read_text())))
+        return write(complete(json.loads((RESULTS / "latest.json").read_text())))
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in names if name not in CASES]
     if unknown:
@@ -126,31 +125,19 @@ def main() -> int:
     return write(asyncio.run(run(MODES[args.mode], names, args.profile)))
 
 
-def rebuild(result: dict[str, Any]) -> dict[str, Any]:
-    """A result read back from latest.json, its headline and targets computed anew."""
-    headline = report.headline(result["cases"])
-    return {
-        **result,
-        **headline,
-        "headline": headline,
-        "targets": report.targets(headline),
-    }
-
-
 def write(result: dict[str, Any]) -> int:
-    """latest.json, latest.md and the plots; 1 if any case (or the plots) failed."""
-    try:
-        result["plots"] = report.plots(result["cases"], RESULTS)
-    except Exception as exc:
-        result["errors"]["plots"] = f"{type(exc).__name__}: {exc}"
+    """latest.json, latest.md and the plots; 1 if any case (or its report) failed."""
+    errors = result["report_errors"]
+    result["plots"] = report.plots(CASES, result["cases"], RESULTS, errors)
+    markdown = report.markdown(CASES, result)
     result = _clean(result)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = report.markdown(result)
     (RESULTS / "latest.md").write_text(markdown)
-    table_end = markdown.index("\n## 1.") if "\n## 1." in markdown else len(markdown)
-    print(markdown[:table_end])
+    goals_at = markdown.find("## Goals")
+    table_end = markdown.find("\n## ", goals_at + 1)
+    print(markdown[: table_end if table_end > 0 else len(markdown)])
     log(f"wrote {RESULTS / 'latest.json'}, latest.md and {len(result['plots'])} plots")
-    return 1 if result["errors"] else 0
+    return 1 if result["errors"] or result["report_errors"] else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Listens on PORTS loopback ports, writes them to PORTS_FILE as a JSON list, then 
   consecutive checks of one service minus INTERVAL (how much later than promised each check
   came; for a fixed-rate scheduler about 0, for a fixed-delay one its drift).
 
-The swarm runs in its own process, so what it costs is not counted against the master.
+The swarm runs in its own process, so what it costs is not counted against the master; on
+the daemons' event loop (master.shared.daemon.run: uvloop where installed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiohttp import web
 
 from bench.common import percentile
 from bench.daemons import serve_until_signal
+from master.shared import daemon
 
 HEALTH_BODY: Final = b'{"status":"passing","check":"http","output":"ok","duration_ms":0.1}'
 HANG_SECONDS: Final = 30.0
@@ -111,4 +113,4 @@ async def serve(ports: int, ports_file: Path, interval: float) -> None:
 
 if __name__ == "__main__":
     interval = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
-    asyncio.run(serve(int(sys.argv[1]), Path(sys.argv[2]), interval))
+    daemon.run(serve(int(sys.argv[1]), Path(sys.argv[2]), interval))
