@@ -2,7 +2,8 @@
 
 Signals only set a flag; shutdown is ordered and bounded: stop accepting, answer blocking
 queries, finish in-flight writes, stop the health checks, close the store, exit 0. A second
-signal forces the exit.
+signal cuts the wait for in-flight requests short, but the health checks still stop and the
+store still closes, so every write acknowledged is on disk.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from aiohttp import web
 from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
 from master.shared import daemon
-from master.shared.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
+from master.shared.daemon import StopSignals, bound_address, configure_logging, listen_socket
 from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
 
 log = structlog.get_logger("master")
 
 EXIT_CONFIG: Final = 2
-SHUTDOWN_TIMEOUT: Final = 5.0
+SHUTDOWN_TIMEOUT: Final = 5.0  # for requests in flight to finish
+HURRIED_TIMEOUT: Final = 0.1  # what is left of that wait after a second signal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(app: web.Application, config: MasterConfig) -> int:
+    signals = StopSignals()
+    signals.install()
+    try:
+        return await _serve(app, config, signals)
+    finally:
+        signals.remove()
+
+
+async def _serve(app: web.Application, config: MasterConfig, signals: StopSignals) -> int:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     try:
         await runner.setup()
@@ -64,13 +75,32 @@ async def serve(app: web.Application, config: MasterConfig) -> int:
         log.error("listen_failed", listen=listen, reason=exc.strerror)
         await runner.cleanup()
         return EXIT_CONFIG
-    stop = stop_on_signals()
     await web.SockSite(runner, sock).start()
     log.info("master_started", listen=bound_address(sock), store=config.store, pid=os.getpid())
-    await stop.wait()
-    await runner.cleanup()
+    await signals.stop.wait()
+    await _stop_serving(runner, signals)
     log.info("master_stopped")
     return 0
+
+
+async def _stop_serving(runner: web.AppRunner, signals: StopSignals) -> None:
+    """`runner.cleanup()` step by step, so that a second signal can cut the one wait that
+    may be long (requests in flight) while the rest still runs: the app's cleanup stops the
+    health checks and closes the store, and is never cut short."""
+    for site in list(runner.sites):
+        await site.stop()  # accept no more connections
+    server = runner.server
+    if server is not None:
+        server.pre_shutdown()  # idle keep-alive connections close
+        await runner.shutdown()  # on_shutdown: blocking queries answer now
+        finished = await signals.within(
+            server.shutdown(SHUTDOWN_TIMEOUT), SHUTDOWN_TIMEOUT, hurried=HURRIED_TIMEOUT
+        )
+        if not finished:
+            log.warning("requests_cut_short", requests=len(server.connections))
+            for connection in server.connections:
+                connection.force_close()
+    await runner.app.cleanup()
 
 
 if __name__ == "__main__":

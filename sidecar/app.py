@@ -1,34 +1,56 @@
-"""The sidecar's owner: starts every part, and stops them in order on a signal.
+"""The sidecar's owner: starts every part in order, and stops them in reverse, bounded.
 
-Start: serve HTTP, start the sync loop (register) and the file watcher. Stop (SIGTERM or
-SIGINT): stop watching, stop the sync loop, deregister (bounded), stop serving, exit 0 —
-all within 5 s. A second signal forces the exit.
+Start: the HTTP session, the server, the sync loop (it registers), the file watcher. Stop,
+on SIGTERM or SIGINT, or when a part fails: stop watching, stop the loop, deregister (at
+most 3 s), stop serving, close the session; 0 s to 5 s in all, then exit 0 (1 if a part
+failed). Each stop is pushed on an exit stack as its part starts, so whatever has started
+is stopped, in order, also when starting or running fails. A second signal shortens every
+wait still to come (the DELETE gets at most 1 s more) but skips no step: the service is
+still deregistered and the session still closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from master.shared import daemon
-from master.shared.daemon import bound_address, configure_logging, listen_socket, stop_on_signals
+from master.shared.daemon import (
+    StopSignals,
+    bound_address,
+    cancel_and_wait,
+    configure_logging,
+    listen_socket,
+)
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config
-from sidecar.server import Sidecar, build_server
-from sidecar.sync import Syncer
+from sidecar.desired import Desired
+from sidecar.master_client import MasterClient
+from sidecar.server import Sidecar, SidecarMetrics, build_server
+from sidecar.sync import SyncLoop
 from sidecar.watch import ConfigWatcher
 
 log = structlog.get_logger("sidecar")
 
-DEREGISTER_BUDGET: Final = 3.0  # of the 5 s a stop may take
 EXIT_CONFIG: Final = 2
+EXIT_FAILED: Final = 1
+
+# The stop budget, 5 s in all: each step's bound, and what is left of it after a second signal.
+WATCH_STOP: Final = (0.25, 0.1)
+LOOP_STOP: Final = (0.5, 0.1)  # cancels a PUT in flight: nothing re-registers after this
+DEREGISTER: Final = (3.0, 1.0)
+SERVE_STOP: Final = (0.75, 0.1)
+SERVE_SHUTDOWN_TIMEOUT: Final = 0.5  # for a /health in flight, within SERVE_STOP
+SESSION_CLOSE: Final = (0.25, 0.1)
 
 
 def run(config_path: str | Path, config: Config, log_format: str | None) -> int:
@@ -37,31 +59,70 @@ def run(config_path: str | Path, config: Config, log_format: str | None) -> int:
 
 
 async def serve(path: Path, config: Config) -> int:
+    signals = StopSignals()
+    signals.install()  # first: a SIGTERM while starting is a stop like any other
+    owner = Owner(signals)
+    try:
+        async with owner:
+            code = await _start(owner, path, config)
+            if code is None:
+                await signals.stop.wait()
+    except Exception:  # a part failed to start: what did start is stopped by now
+        log.exception("sidecar_failed", service_id=config.service.id)
+        code = EXIT_FAILED
+    finally:
+        signals.remove()
+    if code is None:
+        code = EXIT_FAILED if owner.failed else 0
+    log.info("sidecar_stopped", service_id=config.service.id, exit_code=code)
+    return code
+
+
+async def _start(owner: Owner, path: Path, config: Config) -> int | None:
+    """Start the parts in order; an exit code if the sidecar cannot run at all."""
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=60),
         auto_decompress=True,
     )
-    syncer = Syncer(config, session)
+    owner.on_stop("close_session", session.close, SESSION_CLOSE)
+
+    desired = Desired(config)
+    metrics = SidecarMetrics()
+    sync = SyncLoop(desired, MasterClient(session), session, metrics.sync)
 
     def on_config(new: Config) -> None:
-        if new.check != syncer.config.check:
+        if new.check != desired.config.check:
             sidecar.check = SharedCheck(build_check(new.check, session))
-        syncer.update_config(new)
+        desired.update_config(new)
 
     watcher = ConfigWatcher(path, config, on_config)
-    sidecar = Sidecar(str(path), syncer, SharedCheck(build_check(config.check, session)), watcher)
-    runner = web.AppRunner(build_server(sidecar), access_log=None, shutdown_timeout=1.0)
+    check = SharedCheck(build_check(config.check, session))
+    sidecar = Sidecar(str(path), sync, check, watcher, metrics)
+
+    runner = web.AppRunner(
+        build_server(sidecar), access_log=None, shutdown_timeout=SERVE_SHUTDOWN_TIMEOUT
+    )
     await runner.setup()
+    owner.on_stop("stop_serving", runner.cleanup, SERVE_STOP)
     listen = config.sidecar
     try:
         sock = listen_socket(listen.listen_host, listen.listen_port, backlog=256)
     except OSError as exc:
         log.error("listen_failed", listen=listen.listen, reason=exc.strerror)
-        await runner.cleanup()
-        await session.close()
         return EXIT_CONFIG
-    stop = stop_on_signals()
     await web.SockSite(runner, sock).start()
+
+    async def deregister() -> None:
+        current = desired.config
+        if current.sidecar.deregister_on_exit and not sync.state.drained:
+            await sync.deregister()
+
+    owner.on_stop("deregister", deregister, DEREGISTER)  # runs once the loop has stopped
+    owner.start_task("sync", sync.run(), LOOP_STOP)
+    owner.start_task("watch", watcher.run(), WATCH_STOP)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
+    owner.callback(loop.remove_signal_handler, signal.SIGHUP)
     log.info(
         "sidecar_started",
         listen=bound_address(sock),
@@ -69,27 +130,61 @@ async def serve(path: Path, config: Config) -> int:
         master_urls=list(config.master.urls),
         pid=os.getpid(),
     )
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
+    return None
 
-    syncer.start()
-    watcher.start()
-    await stop.wait()
 
-    await watcher.stop()
-    await syncer.stop()
-    current = syncer.config
-    if current.sidecar.deregister_on_exit and not syncer.state.drained:
-        try:
-            async with asyncio.timeout(DEREGISTER_BUDGET):
-                await syncer.deregister()
-        except TimeoutError:
-            log.warning(
-                "deregister_failed",
-                service_id=current.service.id,
-                reason=f"no answer within {DEREGISTER_BUDGET:g}s",
-            )
-    await runner.cleanup()
-    await session.close()
-    log.info("sidecar_stopped", service_id=current.service.id)
-    return 0
+class Owner:
+    """Holds what was started, and stops it in reverse order on the way out: each stop
+    bounded by its timeout (cut shorter after a second signal), each one run even when
+    the one before failed or timed out. A task that fails stops the sidecar."""
+
+    def __init__(self, signals: StopSignals) -> None:
+        self.signals = signals
+        self.failed = False
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Owner:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)
+
+    def on_stop(
+        self, name: str, stop: Callable[[], Awaitable[object]], bounds: tuple[float, float]
+    ) -> None:
+        seconds, hurried = bounds
+
+        async def step() -> None:
+            try:
+                if not await self.signals.within(stop(), seconds, hurried=hurried):
+                    bound = hurried if self.signals.hurry.is_set() else seconds
+                    log.warning("stop_step_cut_short", step=name, within_s=bound)
+            except Exception:
+                log.exception("stop_step_failed", step=name)
+
+        self._stack.push_async_callback(step)
+
+    def callback(self, undo: Callable[..., object], *args: Any) -> None:
+        """Something instant to undo on the way out, in the same order as the stops."""
+        self._stack.callback(undo, *args)
+
+    def start_task(
+        self, name: str, body: Coroutine[Any, Any, None], bounds: tuple[float, float]
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(body, name=f"sidecar-{name}")
+        task.add_done_callback(lambda done: self._ended(name, done))
+
+        async def stop() -> None:
+            if not task.done():  # one that failed was reported when it did
+                await cancel_and_wait(task)
+
+        self.on_stop(f"stop_{name}", stop, bounds)
+        return task
+
+    def _ended(self, name: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return  # stopped by us, or done with its work (the sync loop, once drained)
+        self.failed = True
+        log.error("part_failed", part=name, exc_info=task.exception())
+        self.signals.request(f"{name} failed")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from master.model import Status, dumps_compact, format_time, to_builtins
 from sidecar.checks import SharedCheck
 from sidecar.config import Config, registration_json
-from sidecar.sync import Syncer
+from sidecar.sync import SyncLoop, SyncMetrics, SyncState
 from sidecar.watch import ConfigWatcher
 
 HEALTH_CODES: Final = {
@@ -24,6 +27,9 @@ HEALTH_CODES: Final = {
 
 
 class SidecarMetrics:
+    """Counters and histograms updated where things happen; figures of state (registered
+    or not) are read by a collector when scraped, never set by the /metrics handler."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.checks = Counter(
@@ -35,38 +41,58 @@ class SidecarMetrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5),
             registry=self.registry,
         )
-        self.sync_errors = Gauge(
-            "picoapi_sidecar_sync_failures",
-            "Consecutive failed syncs with the master.",
-            registry=self.registry,
-        )
-        self.syncs = Gauge(
-            "picoapi_sidecar_syncs", "Successful syncs since start.", registry=self.registry
-        )
-        self.registered = Gauge(
+        self.sync = SyncMetrics(self.registry)
+        ProcessCollector(registry=self.registry)  # the sidecar's own RSS, CPU and fds
+
+
+class _SyncFigures(Collector):
+    """The sync loop's state, as gauges, read at scrape time."""
+
+    def __init__(self, state: SyncState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._state
+        yield GaugeMetricFamily(
             "picoapi_sidecar_registered",
             "1 while the master holds the registration.",
-            registry=self.registry,
+            value=1 if state.registered else 0,
         )
-        ProcessCollector(registry=self.registry)  # the sidecar's own RSS, CPU and fds
+        yield GaugeMetricFamily(
+            "picoapi_sidecar_sync_consecutive_failures",
+            "Failed syncs with the master since the last one that worked.",
+            value=state.failures,
+        )
+        if state.last_sync_at is not None:
+            yield GaugeMetricFamily(
+                "picoapi_sidecar_last_sync_timestamp_seconds",
+                "When a master last accepted the registration (Unix time).",
+                value=state.last_sync_at,
+            )
 
 
 class Sidecar:
     """The parts the HTTP handlers read: held together so each handler gets them in one."""
 
     def __init__(
-        self, config_path: str, syncer: Syncer, check: SharedCheck, watcher: ConfigWatcher
+        self,
+        config_path: str,
+        sync: SyncLoop,
+        check: SharedCheck,
+        watcher: ConfigWatcher,
+        metrics: SidecarMetrics,
     ) -> None:
         self.config_path = config_path
-        self.syncer = syncer
+        self.sync = sync
         self.check = check
         self.watcher = watcher
-        self.metrics = SidecarMetrics()
+        self.metrics = metrics
+        metrics.registry.register(_SyncFigures(sync.state))
         self.started_at = time.time()
 
     @property
     def config(self) -> Config:
-        return self.syncer.config
+        return self.sync.desired.config
 
 
 SIDECAR: Final = web.AppKey("sidecar", Sidecar)
@@ -96,7 +122,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    document = request.app[SIDECAR].syncer.openapi
+    document = request.app[SIDECAR].sync.desired.document
     if document is None:
         return _json(
             {
@@ -107,12 +133,13 @@ async def openapi(request: web.Request) -> web.Response:
             },
             404,
         )
-    return _json(document)
+    return web.Response(body=document.body, content_type="application/json")
 
 
 async def status(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
-    state = sidecar.syncer.state
+    state = sidecar.sync.state
+    document = sidecar.sync.desired.document
     last = sidecar.check.last
     return _json(
         {
@@ -127,7 +154,7 @@ async def status(request: web.Request) -> web.Response:
             "last_error": state.last_error,
             "last_error_at": format_time(state.last_error_at) if state.last_error_at else None,
             "config_error": sidecar.watcher.last_error,
-            "openapi_sha256": state.openapi_sha256,
+            "openapi_sha256": document.sha256 if document else None,
             "openapi_error": state.openapi_error,
             "last_check": to_builtins(last) if last else None,
             "started_at": format_time(sidecar.started_at),
@@ -136,25 +163,20 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    sidecar = request.app[SIDECAR]
-    state = sidecar.syncer.state
-    sidecar.metrics.sync_errors.set(state.failures)
-    sidecar.metrics.syncs.set(state.syncs)
-    sidecar.metrics.registered.set(1 if state.registered else 0)
-    return web.Response(
-        body=generate_latest(sidecar.metrics.registry), content_type="text/plain", charset="utf-8"
-    )
+    registry = request.app[SIDECAR].metrics.registry
+    return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")
 
 
 async def drain(request: web.Request) -> web.Response:
-    syncer = request.app[SIDECAR].syncer
-    if await syncer.drain():
-        return _json({"drained": True, "service_id": syncer.config.service.id})
+    sync = request.app[SIDECAR].sync
+    service_id = sync.desired.config.service.id
+    if await sync.drain():
+        return _json({"drained": True, "service_id": service_id})
     return _json(
         {
             "drained": False,
-            "service_id": syncer.config.service.id,
-            "error": {"code": "master_unreachable", "message": syncer.state.last_error},
+            "service_id": service_id,
+            "error": {"code": "master_unreachable", "message": sync.state.last_error},
         },
         503,
     )

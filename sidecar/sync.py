@@ -1,46 +1,47 @@
-"""Desired state plus one sync loop: keep the master's view of this service true.
+"""The sync loop: keep the master's view of this service equal to the desired state.
 
-The sidecar holds what it wants the master to know (the configuration in force and the
-last OpenAPI document fetched) and a dirty flag. One loop registers, re-asserts every
-`resync` (so a master that lost its data has the service again), re-sends at once when
-the configuration changes, and backs off with a cap and jitter while the master is away.
-Nothing here ever exits because the master is unreachable.
+One loop (Consul's anti-entropy, `agent/local/ae/ae.go`): it registers, re-asserts every
+`sidecar.resync` with +-10 % jitter (a master that lost its data has the service back within
+one resync, and a fleet restarted together spreads out), sends at once when the desired
+state turns dirty, and backs off with a cap and equal jitter while no master takes it. The
+master answers each PUT with the digest of the document it holds; when that is not ours
+(it lost it), the document goes again at once, and an unchanged resync sends none. The
+service's document is fetched every resync, and sooner while the service is not up yet.
+Nothing here ever exits because the master or the service is away.
+
+The owner runs `run()` as its task and cancels it to stop; `deregister` and `drain` are
+called from outside the loop (the owner at shutdown, `/drain`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import structlog
+from prometheus_client import CollectorRegistry, Counter
 
-from master.model import canonical_document, openapi_digest, registration_body
-from master.shared.daemon import cancel_and_wait
-from sidecar.config import Config
+from master.model import Registration
+from sidecar.desired import Desired
+from sidecar.master_client import MasterClient, MasterError, Stored
 from sidecar.openapi import OpenAPIError, fetch_openapi
 
 log = structlog.get_logger("sidecar.sync")
 
 BACKOFF_FIRST: Final = 0.5
 BACKOFF_CAP: Final = 30.0
-RESYNC_JITTER: Final = 0.1  # +-10 % so a fleet restarted together spreads its resyncs
-MASTER_TIMEOUT: Final = 5.0
+RESYNC_JITTER: Final = 0.1  # +-10 %
 OPENAPI_TIMEOUT: Final = 5.0
-
-
-class MasterError(Exception):
-    """No master accepted the request; the message says what each one answered."""
+LOG_AGAIN_AFTER: Final = (1, 5)  # a repeated failure is logged at these counts, then every 20th
 
 
 @dataclass
 class SyncState:
-    """What /status shows of the sync loop."""
+    """What /status shows of the loop."""
 
     registered: bool = False
     drained: bool = False
@@ -48,215 +49,182 @@ class SyncState:
     last_sync_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
-    failures: int = 0
-    openapi_sha256: str | None = None
-    openapi_error: str | None = None
+    failures: int = 0  # consecutive; 0 once a master takes a PUT
     syncs: int = 0
+    openapi_error: str | None = None
 
 
-class Syncer:
-    """Owns the registration at the master, and the one task that keeps it there."""
+class SyncMetrics:
+    """The loop's events, counted as they happen."""
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
-        self.config = config
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.syncs = Counter(
+            "picoapi_sidecar_syncs",
+            "Registrations a master accepted (PUTs answered 2xx).",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "picoapi_sidecar_sync_failures",
+            "Syncs that no master accepted.",
+            registry=registry,
+        )
+
+
+def backoff_delay(failures: int) -> float:
+    """Capped exponential backoff with "equal jitter": never a hot loop, never in step."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(max(failures, 1) - 1, 16))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def resync_delay(resync: float) -> float:
+    return resync * random.uniform(1 - RESYNC_JITTER, 1 + RESYNC_JITTER)
+
+
+class SyncLoop:
+    def __init__(
+        self,
+        desired: Desired,
+        client: MasterClient,
+        session: aiohttp.ClientSession,
+        metrics: SyncMetrics | None = None,
+    ) -> None:
+        self.desired = desired
         self.state = SyncState()
-        self.openapi: dict[str, Any] | None = None
-        self._session = session
-        self._dirty = asyncio.Event()
-        self._master_digest: str | None = None
-        self._sent_body: bytes | None = None
-        self._openapi_failures = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sidecar-sync")
-
-    async def stop(self) -> None:
-        """Stop the loop; a PUT in flight is cancelled, so nothing re-registers after this."""
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
-
-    # --- inputs ------------------------------------------------------------------------
-
-    def update_config(self, config: Config) -> None:
-        """Swap in a new configuration whole; the loop sends it at once."""
-        self.config = config
-        self.mark_dirty()
-
-    def mark_dirty(self) -> None:
-        self._dirty.set()
+        self._client = client
+        self._session = session  # for the service's document
+        self._metrics = metrics or SyncMetrics(CollectorRegistry())
+        self._master_sha256: str | None = None  # the document the master said it holds
+        self._announced: tuple[str, Registration] | None = None  # last logged `registered`
+        self._fetched_from: str | None = None
+        self._fetch_failures = 0
+        # Held for each PUT, so that /drain's DELETE never overtakes a PUT in flight.
+        self._putting = asyncio.Lock()
 
     # --- the loop ----------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            ok = await self._sync()
-            if ok and await self._refresh_openapi():
-                ok = await self._sync()  # the document changed: send it now, not next resync
-            if not ok:
-                delay = self._backoff_delay(self.state.failures)
-            elif self.config.service.openapi and self.openapi is None:
-                delay = min(self._resync_delay(), self._backoff_delay(self._openapi_failures))
-            else:
-                delay = self._resync_delay()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._dirty.wait()
-            self._dirty.clear()
+    async def run(self) -> None:
+        """Until cancelled, or until drained."""
+        clock = asyncio.get_running_loop().time
+        resync_at = fetch_at = clock()
+        while not self.state.drained:
+            if self.desired.take_dirty() or clock() >= resync_at:
+                ok = await self.sync()
+                delay = self._resync_delay() if ok else backoff_delay(self.state.failures)
+                resync_at = clock() + delay
+            if clock() >= fetch_at or self.desired.config.service.openapi != self._fetched_from:
+                fetch_at = clock() + await self._fetch_document()
+            await self.desired.wait_dirty(min(resync_at, fetch_at) - clock())
 
     def _resync_delay(self) -> float:
-        resync = self.config.sidecar.resync
-        return resync * random.uniform(1 - RESYNC_JITTER, 1 + RESYNC_JITTER)
+        return resync_delay(self.desired.config.sidecar.resync)
 
-    @staticmethod
-    def _backoff_delay(failures: int) -> float:
-        ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(max(failures, 1) - 1, 16))
-        return random.uniform(ceiling / 2, ceiling)  # "equal jitter": never a hot loop
+    async def sync(self) -> bool:
+        """One PUT of the desired state (two when the master turns out to lack the
+        document); False if no master took it."""
+        async with self._putting:
+            if self.state.drained:
+                return False
+            desired = self.desired
+            config = desired.config
+            for _ in range(2):
+                sent_document = not desired.agrees(self._master_sha256)
+                body = desired.body(self._master_sha256)
+                try:
+                    stored = await self._client.put(config.master, config.service.id, body)
+                except MasterError as exc:
+                    self._failed(str(exc))
+                    return False
+                self._synced(stored, desired.registration)
+                if desired.agrees(stored.openapi_sha256):
+                    break
+                if sent_document:  # sent, and still not held: say so, and do not loop
+                    log.warning(
+                        "openapi_not_kept",
+                        service_id=config.service.id,
+                        master_url=stored.url,
+                        openapi_sha256=stored.openapi_sha256,
+                    )
+                    break
+                # The master lost the document (restarted on an empty store): send it now.
+            return True
 
-    async def _refresh_openapi(self) -> bool:
-        """Fetch the service's document; True when it differs from the one we hold."""
-        url = self.config.service.openapi
-        if url is None:
-            changed = self.openapi is not None
-            self.openapi = None
-            self.state.openapi_sha256 = None
-            return changed
-        try:
-            document = await fetch_openapi(self._session, url, timeout=OPENAPI_TIMEOUT)
-        except OpenAPIError as exc:
-            self._openapi_failures += 1
-            if self.state.openapi_error != str(exc):
-                log.warning("openapi_fetch_failed", url=url, reason=str(exc))
-            self.state.openapi_error = str(exc)
-            return False
-        self.state.openapi_error = None
-        self._openapi_failures = 0
-        digest = openapi_digest(document)
-        if digest == self.state.openapi_sha256:
-            return False
-        log.info("openapi_fetched", url=url, openapi_sha256=digest)
-        self.openapi = document
-        self.state.openapi_sha256 = digest
-        return True
-
-    async def _sync(self, resend: bool = True) -> bool:
-        """PUT the desired registration; send the document only when the master lacks it."""
-        config = self.config
-        registration = config.registration()
-        summary = registration_body(registration)  # what it says, without the document
-        wanted = self.state.openapi_sha256
-        body = summary
-        if config.service.openapi is None and self._master_digest is not None:
-            body = registration_body(registration, None)
-        elif self.openapi is not None and wanted != self._master_digest:
-            body = registration_body(registration, canonical_document(self.openapi))
-        path = f"/v1/services/{config.service.id}"
-        try:
-            url, answer = await self._request("PUT", path, body)
-        except MasterError as exc:
-            self._failed(str(exc))
-            return False
-        self._master_digest = answer.get("openapi_sha256") if isinstance(answer, dict) else None
+    def _synced(self, stored: Stored, registration: Registration) -> None:
         state = self.state
-        first = not state.registered or state.master_url != url
-        state.registered, state.master_url = True, url
+        self._master_sha256 = stored.openapi_sha256
+        state.registered, state.master_url = True, stored.url
         state.last_sync_at, state.failures, state.syncs = time.time(), 0, state.syncs + 1
-        if first or summary != self._sent_body:
+        self._metrics.syncs.inc()
+        if self._announced != (stored.url, registration):
+            self._announced = (stored.url, registration)
             log.info(
                 "registered",
-                service_id=config.service.id,
-                master_url=url,
-                tags=list(config.service.tags),
-                openapi_sha256=self._master_digest,
+                service_id=registration.id,
+                master_url=stored.url,
+                tags=list(registration.tags),
+                openapi_sha256=stored.openapi_sha256,
             )
-        self._sent_body = summary
-        if resend and self.openapi is not None and self._master_digest != wanted:
-            return await self._sync(resend=False)  # the master lost the document: resend
-        return True
 
     def _failed(self, reason: str) -> None:
         state = self.state
         state.failures += 1
-        if state.last_error != reason or state.failures in (1, 5) or state.failures % 20 == 0:
+        self._metrics.failures.inc()
+        again = state.failures in LOG_AGAIN_AFTER or state.failures % 20 == 0
+        if state.last_error != reason or again:
             log.warning(
                 "sync_failed",
-                service_id=self.config.service.id,
+                service_id=self.desired.config.service.id,
                 reason=reason,
                 failures=state.failures,
             )
         state.last_error, state.last_error_at = reason, time.time()
 
+    async def _fetch_document(self) -> float:
+        """Fetch the service's document into the desired state (dirty if it changed);
+        the seconds until the next fetch."""
+        url = self.desired.config.service.openapi
+        self._fetched_from = url
+        if url is None:
+            self.state.openapi_error = None
+            return self._resync_delay()
+        try:
+            document = await fetch_openapi(self._session, url, timeout=OPENAPI_TIMEOUT)
+        except OpenAPIError as exc:
+            self._fetch_failures += 1
+            if self.state.openapi_error != str(exc):
+                log.warning("openapi_fetch_failed", url=url, reason=str(exc))
+            self.state.openapi_error = str(exc)
+            if self.desired.document is None:  # not up yet: try again soon
+                return min(self._resync_delay(), backoff_delay(self._fetch_failures))
+            return self._resync_delay()  # keep the one we have until the next resync
+        self._fetch_failures = 0
+        self.state.openapi_error = None
+        if self.desired.set_document(document):
+            assert self.desired.document is not None
+            log.info("openapi_fetched", url=url, openapi_sha256=self.desired.document.sha256)
+        return self._resync_delay()
+
     # --- leaving -----------------------------------------------------------------------
 
     async def deregister(self) -> bool:
-        """DELETE the registration (a 404 counts: it is gone either way)."""
-        config = self.config
+        """DELETE the registration; False (and logged) if no master answered."""
+        config = self.desired.config
         try:
-            url, _ = await self._request(
-                "DELETE", f"/v1/services/{config.service.id}", None, accept_404=True
-            )
+            url = await self._client.delete(config.master, config.service.id)
         except MasterError as exc:
             log.warning("deregister_failed", service_id=config.service.id, reason=str(exc))
             self.state.last_error, self.state.last_error_at = str(exc), time.time()
             return False
         self.state.registered = False
+        self._announced = None
         log.info("deregistered", service_id=config.service.id, master_url=url)
         return True
 
     async def drain(self) -> bool:
-        """Deregister now and stay deregistered until the sidecar restarts."""
+        """Deregister now and stay deregistered until the sidecar restarts: the loop ends
+        at its next turn, and a PUT in flight finishes before the DELETE goes."""
         if not self.state.drained:
-            log.info("drain_requested", service_id=self.config.service.id)
-        self.state.drained = True
-        await self.stop()
-        return await self.deregister()
-
-    # --- talking to the master ---------------------------------------------------------
-
-    async def _request(
-        self, method: str, path: str, body: bytes | None, *, accept_404: bool = False
-    ) -> tuple[str, Any]:
-        """Try each master URL in order; the first 2xx answer wins."""
-        master = self.config.master
-        headers = {"Content-Type": "application/json"}
-        if master.token:
-            headers["Authorization"] = f"Bearer {master.token}"
-        errors: list[str] = []
-        timeout = aiohttp.ClientTimeout(total=MASTER_TIMEOUT)
-        for base in master.urls:
-            url = base.rstrip("/") + path
-            try:
-                async with self._session.request(
-                    method, url, data=body, headers=headers, timeout=timeout
-                ) as response:
-                    text = await response.text()
-                    if response.status < 300 or (accept_404 and response.status == 404):
-                        return base, _json_or_none(text)
-                    errors.append(f"{base}: {response.status} {_error_message(text)}")
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                errors.append(f"{base}: {_describe(exc)}")
-        raise MasterError("; ".join(errors))
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def _error_message(text: str) -> str:
-    answer = _json_or_none(text)
-    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-        error = answer["error"]
-        field = f" ({error['field']})" if error.get("field") else ""
-        return f"{error.get('message', '')}{field}"
-    return text[:200]
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {MASTER_TIMEOUT:g}s"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    return str(exc) or type(exc).__name__
+            log.info("drain_requested", service_id=self.desired.config.service.id)
+            self.state.drained = True
+            self.desired.mark_dirty()  # wake the loop, so it ends
+        async with self._putting:
+            return await self.deregister()

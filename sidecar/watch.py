@@ -2,7 +2,12 @@
 
 Polls the stat of the resolved path (a Kubernetes ConfigMap update swaps a symlink, so the
 target changes while the link does not) and compares a content hash before reloading, so
-a touch without a change does nothing. SIGHUP asks for a reload at once.
+a touch without a change does nothing. SIGHUP asks for a reload at once, whatever the stat
+and the hash say. A file that goes missing (mid-swap, or deleted) is reported once and the
+configuration in force is kept; when it comes back it is read again even if its content is
+what it was, so the report clears.
+
+The owner runs `run()` as its task and cancels it to stop.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from typing import Final
 
 import structlog
 
-from master.shared.daemon import cancel_and_wait
 from master.shared.yamlfile import ConfigError
 from sidecar.config import Config, load_config
 
@@ -53,43 +57,45 @@ class ConfigWatcher:
         self._on_change = on_change
         self._stamp = _stamp(path)
         self._digest = _digest(path)
+        self._missing = False
+        self._forced = False
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sidecar-watch")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
 
     def reload_now(self) -> None:
-        """SIGHUP: re-read the file even if its stat did not change."""
-        self._stamp = None
+        """SIGHUP: re-read the file at once, even if neither its stat nor its content
+        changed. Only sets a flag, as a signal handler should."""
+        self._forced = True
         self._wake.set()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
                     await self._wake.wait()
-            forced = self._wake.is_set()
             self._wake.clear()
-            stamp = _stamp(self.path)
-            if stamp == self._stamp:
-                continue
-            self._stamp = stamp
-            if stamp is None:
-                # Mid-swap or deleted: keep running on what we have, and say so once.
-                if self.last_error is None:
-                    self.last_error = f"{self.path}: file is missing"
-                    log.warning("config_missing", path=str(self.path))
-                continue
-            digest = _digest(self.path)
-            if digest == self._digest and not forced:
-                continue
-            self._digest = digest
-            self._reload()
+            self.poll()
+
+    def poll(self) -> None:
+        """One look at the file: reload it if it changed, was asked for, or came back."""
+        forced, self._forced = self._forced, False
+        stamp = _stamp(self.path)
+        if stamp is None:
+            # Mid-swap or deleted: keep running on what we have, and say so once.
+            self._stamp = None
+            if not self._missing:
+                self._missing = True
+                self.last_error = f"{self.path}: file is missing"
+                log.warning("config_missing", path=str(self.path))
+            return
+        returned, self._missing = self._missing, False
+        if stamp == self._stamp and not forced:
+            return
+        self._stamp = stamp
+        digest = _digest(self.path)
+        if digest == self._digest and not (forced or returned):
+            return
+        self._digest = digest
+        self._reload()
 
     def _reload(self) -> None:
         # load_config reads a token file too: a few small synchronous reads, fine on the loop.

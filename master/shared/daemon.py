@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, ClassVar, TypeVar
 
 import structlog
 
@@ -83,19 +82,73 @@ async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
             await task
 
 
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT: signals only set a flag; a second one forces exit."""
-    stop = asyncio.Event()
+class StopSignals:
+    """SIGTERM and SIGINT as two flags the owner reads; the handlers do nothing else.
 
-    def on_signal(signum: int) -> None:
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.warning("forced_exit", signal=name)
-            os._exit(1)
-        log.info("shutdown_requested", signal=name)
-        stop.set()
+    The first signal sets `stop`: the owner shuts down in order, each wait bounded (`limit`).
+    A second one sets `hurry` as well: every bounded wait still running, and every one still
+    to come, is cut to its shorter `hurried` bound, but every step still runs, so the sidecar
+    still deregisters and the master still closes its store. Nothing here exits the process
+    (an `os._exit` would lose both). Later signals change nothing more.
+    """
 
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    return stop
+    SIGNALS: ClassVar = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self._limits: dict[asyncio.Timeout, float] = {}  # the bounded waits running, to cut
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for signum in self.SIGNALS:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def remove(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            for signum in self.SIGNALS:
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        self.request(signal.Signals(signum).name)
+
+    def request(self, reason: str) -> None:
+        """What a signal does: stop, or hurry if already stopping. An owner may call it for
+        reasons of its own (a part that failed)."""
+        if not self.stop.is_set():
+            log.info("shutdown_requested", signal=reason)
+            self.stop.set()
+        elif not self.hurry.is_set():
+            log.warning("shutdown_hurried", signal=reason)
+            self.hurry.set()
+            now = asyncio.get_running_loop().time()
+            for timeout, hurried in self._limits.items():
+                when = timeout.when()
+                if not timeout.expired() and (when is None or when > now + hurried):
+                    timeout.reschedule(now + hurried)
+
+    @contextlib.asynccontextmanager
+    async def limit(self, seconds: float, *, hurried: float) -> AsyncIterator[asyncio.Timeout]:
+        """`asyncio.timeout(seconds)`, cut to `hurried` seconds from the moment of a second
+        signal (or from the start, once hurried). Raises TimeoutError when the bound hits."""
+        bound = min(seconds, hurried) if self.hurry.is_set() else seconds
+        async with asyncio.timeout(bound) as timeout:
+            self._limits[timeout] = hurried
+            try:
+                yield timeout
+            finally:
+                del self._limits[timeout]
+
+    async def within(self, step: Awaitable[object], seconds: float, *, hurried: float) -> bool:
+        """Await `step` under `limit`; False if the bound cut it short (it is cancelled)."""
+        bounded: asyncio.Timeout | None = None
+        try:
+            async with self.limit(seconds, hurried=hurried) as bounded:
+                await step
+        except TimeoutError:
+            if bounded is None or not bounded.expired():
+                raise  # the step's own timeout, not ours
+            return False
+        return True

@@ -1,0 +1,83 @@
+"""What the sidecar wants the master to hold for its service, and whether that changed.
+
+The desired state is the configuration in force (its registration) and the service's
+OpenAPI document as canonical bytes with their sha256: the one encoding both sides hash,
+and the bytes the master stores and /openapi.json serves. A dirty flag says it changed
+since the sync loop last looked; edits, SIGHUP and a new document set it, the loop clears
+it as it starts a round (Consul's `agent/local/state.go` holds the same two things).
+
+Nothing here talks to the network: the loop decides when to send, this module what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from master.model import Document, Registration, canonical_document, registration_body
+from sidecar.config import Config
+
+
+class Desired:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registration: Registration = config.registration()
+        self.document: Document | None = None
+        self._dirty = asyncio.Event()
+
+    # --- changes -------------------------------------------------------------------------
+
+    def update_config(self, config: Config) -> None:
+        """Swap in a new configuration whole; the loop sends it at once."""
+        self.config = config
+        self.registration = config.registration()
+        if config.service.openapi is None:
+            self.document = None  # no longer described: the master drops its copy too
+        self.mark_dirty()
+
+    def set_document(self, document: dict[str, Any] | None) -> bool:
+        """Hold `document` (parsed JSON) as canonical bytes; True, and dirty, if it differs
+        from the one held."""
+        new = None if document is None else Document.of(canonical_document(document))
+        if (new and new.sha256) == (self.document and self.document.sha256):
+            return False
+        self.document = new
+        self.mark_dirty()
+        return True
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def take_dirty(self) -> bool:
+        """Whether it changed since the last call; the flag is cleared."""
+        dirty = self._dirty.is_set()
+        self._dirty.clear()
+        return dirty
+
+    async def wait_dirty(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a change; True if one came."""
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._dirty.wait()
+        return self._dirty.is_set()
+
+    # --- what to send ----------------------------------------------------------------------
+
+    def body(self, master_sha256: str | None) -> bytes:
+        """The PUT body that brings a master holding the document `master_sha256` (None:
+        none) to this state: the registration, and the document only where it lacks it."""
+        if self.agrees(master_sha256):
+            return registration_body(self.registration)  # no `openapi` key: keep it
+        if self.document is None:
+            return registration_body(self.registration, None)  # remove the stored one
+        return registration_body(self.registration, self.document.body)
+
+    def agrees(self, master_sha256: str | None) -> bool:
+        """Whether a master holding the document `master_sha256` needs no word about it:
+        it holds ours, or none when we have none to give. Before the first fetch there is
+        nothing to say either way."""
+        if self.config.service.openapi is None:
+            return master_sha256 is None
+        return self.document is None or self.document.sha256 == master_sha256
