@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from master.model import canonical_document
 from tests.conftest import BIN, Daemon, Master, http_request, wait_until
 from tests.service_fixture import NodeService, start_node_service
 
@@ -163,10 +167,12 @@ def test_resync_changes_nothing_at_the_master(
 ) -> None:
     master = start_master()
     port = free_port()
-    start_sidecar(sidecar_yaml(service, master.url, port, resync="1s"), port)
+    sidecar = start_sidecar(sidecar_yaml(service, master.url, port, resync="1s"), port)
     first = wait_until(lambda: (r := record(master)) and r["status"] == "passing" and r)
     index = master.request("GET", "/v1/services").headers["x-picoapi-index"]
+    syncs = sidecar.status()["syncs"]
     time.sleep(3.5)  # three resyncs and three checks
+    assert sidecar.status()["syncs"] >= syncs + 2, "the resyncs ran"
     assert master.request("GET", "/v1/services").headers["x-picoapi-index"] == index
     assert record(master)["updated_at"] == first["updated_at"]  # type: ignore[index]
 
@@ -330,14 +336,23 @@ def test_sidecar_surface(start_master: Any, start_sidecar: Any, service: NodeSer
     master = start_master()
     port = free_port()
     sidecar = start_sidecar(sidecar_yaml(service, master.url, port), port)
-    wait_until(lambda: (r := record(master)) and r["openapi_sha256"])
+    held = wait_until(lambda: (r := record(master)) and r["openapi_sha256"])
     status = sidecar.status()
     assert status["registered"] is True and status["master_url"] == master.url
+    assert status["openapi_sha256"] == held, "both sides hash the same bytes"
     assert status["registration"]["tags"] == ["a", "b"]
     doc = http_request("GET", f"{sidecar.url}/openapi.json")
     assert doc.status == 200 and "openapi" in doc.json()
+    assert doc.body == canonical_document(doc.json()), "served as the canonical bytes sent"
     metrics = http_request("GET", f"{sidecar.url}/metrics").body.decode()
     assert "picoapi_sidecar_registered 1.0" in metrics
+    assert "picoapi_sidecar_sync_consecutive_failures 0.0" in metrics
+    assert "picoapi_sidecar_sync_failures_total 0.0" in metrics
+    assert "# TYPE picoapi_sidecar_syncs_total counter" in metrics
+    syncs = next(
+        line for line in metrics.splitlines() if line.startswith("picoapi_sidecar_syncs_t")
+    )
+    assert float(syncs.split()[1]) >= 1
     assert "process_resident_memory_bytes" in metrics
 
 
@@ -353,3 +368,93 @@ def test_master_urls_are_tried_in_order(
     sidecar = start_sidecar(text, port)
     wait_until(lambda: record(master), message="registered through the second url")
     assert sidecar.status()["master_url"] == master.url
+
+
+# --- a second signal ---------------------------------------------------------------------
+
+
+class SlowToDelete:
+    """A master that takes PUTs at once and answers a DELETE only after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.puts: list[float] = []
+        self.deletes: list[float] = []
+        self.url = ""
+
+    async def put(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.puts.append(time.monotonic())
+        return web.json_response({"id": request.match_info["id"], "openapi_sha256": None})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self.deletes.append(time.monotonic())
+        await asyncio.sleep(self.delay)
+        return web.json_response({})
+
+
+@pytest.fixture
+async def slow_master() -> AsyncIterator[SlowToDelete]:
+    master = SlowToDelete(delay=2.5)
+    app = web.Application()
+    app.router.add_put("/v1/services/{id}", master.put)
+    app.router.add_delete("/v1/services/{id}", master.delete)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    master.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield master
+    await runner.cleanup()
+
+
+async def _until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("gap", [0.05, 0.5])
+async def test_a_second_sigterm_shortens_the_wait_but_still_deregisters(
+    slow_master: SlowToDelete, tmp_path: Path, gap: float
+) -> None:
+    """Without the second signal the DELETE would get its answer (2.5 s, within the 3 s
+    budget); with it, the wait for that answer ends 1 s after the second signal. Either
+    way the DELETE is sent, the session closed and the exit status 0."""
+    port = free_port()
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        f"service:\n  name: web\n  id: web-1\n  address: 127.0.0.1\n  port: {free_port()}\n"
+        f"master:\n  url: {slow_master.url}\n"
+        f"sidecar:\n  listen: 127.0.0.1:{port}\n"
+    )
+    log_path = tmp_path / "sidecar.log"
+    with open(log_path, "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "picoapi-sidecar"), "--log-format", "json", "run", str(config),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await _until(lambda: slow_master.puts)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(gap)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), timeout=5.0)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log_path.read_text()
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    names = [event["event"] for event in events]
+    assert code == 0, text
+    assert len(slow_master.deletes) == 1, "the DELETE was sent"
+    assert gap + 0.9 < elapsed < gap + 1.6, f"stopped after {elapsed:.2f}s"
+    assert "Traceback" not in text
+    assert names.count("shutdown_requested") == 1 and names.count("shutdown_hurried") == 1
+    cut = [e for e in events if e["event"] == "stop_step_cut_short"]
+    assert [e["step"] for e in cut] == ["deregister"]
+    assert names[-1] == "sidecar_stopped" and events[-1]["exit_code"] == 0
