@@ -26,7 +26,7 @@ log = structlog.get_logger("master")
 
 EXIT_CONFIG: Final = 2
 SHUTDOWN_TIMEOUT: Final = 5.0  # for requests in flight to finish
-HURRIED_TIMEOUT: Final = 0.1  # what is left of that wait after a second signal
+HURRIED_TIMEOUT: Final = 0.1  # what is left of that wait after a second signal (> 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +97,10 @@ async def _stop_serving(runner: web.AppRunner, signals: StopSignals) -> None:
             server.shutdown(SHUTDOWN_TIMEOUT), SHUTDOWN_TIMEOUT, hurried=HURRIED_TIMEOUT
         )
         if not finished:
-            log.warning("requests_cut_short", requests=len(server.connections))
-            for connection in server.connections:
-                connection.force_close()
+            log.warning("requests_cut_short", connections=len(server.connections))
+            # aiohttp's own way to end what is still in flight (cancelled, then closed),
+            # with a short wait this time.
+            await server.shutdown(HURRIED_TIMEOUT)
     await runner.app.cleanup()
 
 
