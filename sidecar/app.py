@@ -2,11 +2,11 @@
 
 Start: the HTTP session, the server, the sync loop (it registers), the file watcher. Stop,
 on SIGTERM or SIGINT, or when a part fails: stop watching, stop the loop, deregister (at
-most 3 s), stop serving, close the session; 0 s to 5 s in all, then exit 0 (1 if a part
-failed). Each stop is pushed on an exit stack as its part starts, so whatever has started
-is stopped, in order, also when starting or running fails. A second signal shortens every
-wait still to come (the DELETE gets at most 1 s more) but skips no step: the service is
-still deregistered and the session still closed.
+most 3 s), stop serving (and any check still running), close the session; under 5 s in
+all, then exit 0 (1 if a part failed). Each stop is pushed on an exit stack as its part
+starts, so whatever has started is stopped, in order, also when starting or running
+fails. A second signal shortens every wait still to come (the DELETE gets at most 1 s
+more) but skips no step: the service is still deregistered and the session still closed.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ EXIT_FAILED: Final = 1
 WATCH_STOP: Final = (0.25, 0.1)
 LOOP_STOP: Final = (0.5, 0.1)  # cancels a PUT in flight: nothing re-registers after this
 DEREGISTER: Final = (3.0, 1.0)
-SERVE_STOP: Final = (0.75, 0.1)
-SERVE_SHUTDOWN_TIMEOUT: Final = 0.5  # for a /health in flight, within SERVE_STOP
+SERVE_STOP: Final = (0.6, 0.1)
+SERVE_SHUTDOWN_TIMEOUT: Final = 0.4  # for a /health in flight, within SERVE_STOP
+CHECKS_STOP: Final = (0.15, 0.1)  # a check still running once nothing serves /health
 SESSION_CLOSE: Final = (0.25, 0.1)
 
 
@@ -102,6 +103,7 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     runner = web.AppRunner(
         build_server(sidecar), access_log=None, shutdown_timeout=SERVE_SHUTDOWN_TIMEOUT
     )
+    owner.on_stop("stop_checks", lambda: sidecar.check.close(), CHECKS_STOP)
     await runner.setup()
     owner.on_stop("stop_serving", runner.cleanup, SERVE_STOP)
     listen = config.sidecar

@@ -7,7 +7,8 @@ the master applies to the sidecar's /health (master.health), so a service reads 
 whether it is checked directly or through its sidecar.
 
 `SharedCheck` wraps one probe so that concurrent /health requests share one run: a burst
-of callers costs the service one request, not one each.
+of callers costs the service one request, not one each. It owns that run's task, and its
+owner closes it at shutdown.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import aiohttp
 import psutil
 
 from master.model import OUTPUT_MAX, CheckResult, Status, format_duration
+from master.shared.daemon import cancel_and_wait
 from master.shared.probe import critical, decode_capped, describe_os_error, elapsed_ms, probe_http
 from sidecar.config import CheckConfig, ExecCheck, HttpCheck, ProcessCheck, TcpCheck
 
@@ -100,6 +102,11 @@ class SharedCheck:
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._run_once())
         return await asyncio.shield(self._inflight)
+
+    async def close(self) -> None:
+        """At shutdown, once nothing serves /health: cancel a run still in flight and wait
+        for it to end (an exec probe's process group is killed on the way out)."""
+        await cancel_and_wait(self._inflight)
 
     async def _run_once(self) -> CheckResult:
         try:

@@ -36,11 +36,11 @@ class Desired:
             self.document = None  # no longer described: the master drops its copy too
         self.mark_dirty()
 
-    def set_document(self, document: dict[str, Any] | None) -> bool:
-        """Hold `document` (parsed JSON) as canonical bytes; True, and dirty, if it differs
-        from the one held."""
-        new = None if document is None else Document.of(canonical_document(document))
-        if (new and new.sha256) == (self.document and self.document.sha256):
+    def set_document(self, document: dict[str, Any]) -> bool:
+        """Hold `document` (parsed JSON) as canonical bytes; True, and dirty, if it is not
+        the one held already (key order aside)."""
+        new = Document.of(canonical_document(document))
+        if self.document is not None and self.document.sha256 == new.sha256:
             return False
         self.document = new
         self.mark_dirty()

@@ -381,6 +381,29 @@ async def test_shared_check_survives_a_caller_that_leaves(
     assert node_service.hits("/healthz") == 1
 
 
+async def test_closing_a_shared_check_ends_its_run(tmp_path: Path, kill_after: list[int]) -> None:
+    """At shutdown the owner closes the check: an exec still running goes, with its group."""
+    script = tmp_path / "hang.sh"
+    pids = tmp_path / "pids"
+    script.write_text('#!/bin/sh\necho "$$" > "$1"\nsleep 30\n')
+    script.chmod(0o755)
+    shared = SharedCheck(ExecProbe((str(script), str(pids)), 20.0))
+    caller = asyncio.create_task(shared.run())
+    deadline = time.monotonic() + DEADLINE
+    while not (pids.exists() and pids.read_text().strip()):
+        assert time.monotonic() < deadline, "the script did not start"
+        await asyncio.sleep(0.02)
+    shell = int(pids.read_text())
+    kill_after.append(shell)
+    started = time.monotonic()
+    await shared.close()
+    assert time.monotonic() - started < 2
+    assert _wait_dead(shell), "the check's process outlived the close"
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await shared.close()  # nothing in flight: a no-op
+
+
 async def test_shared_check_shows_process_figures(
     node_service: NodeService, tmp_path: Path
 ) -> None:

@@ -74,7 +74,7 @@ def bound_address(sock: socket.socket) -> str:
     return f"{host}:{port}"
 
 
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Stop a background task its owner started, and wait until it has really ended."""
     if task is not None:
         task.cancel()
@@ -118,10 +118,10 @@ class StopSignals:
         """What a signal does: stop, or hurry if already stopping. An owner may call it for
         reasons of its own (a part that failed)."""
         if not self.stop.is_set():
-            log.info("shutdown_requested", signal=reason)
+            log.info("shutdown_requested", reason=reason)
             self.stop.set()
         elif not self.hurry.is_set():
-            log.warning("shutdown_hurried", signal=reason)
+            log.warning("shutdown_hurried", reason=reason)
             self.hurry.set()
             now = asyncio.get_running_loop().time()
             for timeout, hurried in self._limits.items():
