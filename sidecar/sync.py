@@ -125,7 +125,7 @@ class SyncLoop:
             if self.state.drained:
                 return False
             desired = self.desired
-            config = desired.config
+            config, registration = desired.config, desired.registration
             for _ in range(2):
                 sent_document = not desired.agrees(self._master_sha256)
                 body = desired.body(self._master_sha256)
@@ -134,7 +134,7 @@ class SyncLoop:
                 except MasterError as exc:
                     self._failed(str(exc))
                     return False
-                self._synced(stored, desired.registration)
+                self._synced(stored, registration)
                 if desired.agrees(stored.openapi_sha256):
                     break
                 if sent_document:  # sent, and still not held: say so, and do not loop
