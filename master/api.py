@@ -21,7 +21,6 @@ from master.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -88,42 +87,39 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     started = time.perf_counter()
     app = request.app
     try:
-        path = request.path
-        if (
-            path not in PUBLIC_PATHS
-            and not path.startswith("/dashboard/")
-            and not app[AUTH].allows(request.method, request.headers.get("Authorization"))
-        ):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        auth = app[AUTH]
+        if auth.guards(request.method) and not _public(request.path):
+            auth.check(request.method, request.headers.get("Authorization"))
         response = await handler(request)
-    except ApiError as exc:
-        response = error_response(exc)
-    except FieldError as exc:
-        response = error_response(ApiError.from_field_error(exc))
-    except StoreError as exc:
-        app[METRICS].store_errors.inc()
-        log.error("store_write_failed", path=request.path, reason=str(exc))
-        response = error_response(Unavailable("the store could not commit the change; retry"))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = _http_error(request, exc)
-    except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.path)
-        response = json_response(
-            {"error": {"code": "internal", "message": "internal error; see the master's log"}},
-            500,
-        )
+    except Exception as exc:
+        response = _error_answer(request, exc)
     if not response.prepared:  # a streamed answer stamped its header before it began
         response.headers[INDEX_HEADER] = str(app[REGISTRY].index)
-    resource = request.match_info.route.resource
-    app[METRICS].observe_request(
-        request.method,
-        resource.canonical if resource is not None else "unmatched",
-        response.status,
-        time.perf_counter() - started,
-    )
+    app[METRICS].observe_request(request, response.status, time.perf_counter() - started)
     return response
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/dashboard/")
+
+
+def _error_answer(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, FieldError):
+        return error_response(ApiError.from_field_error(exc))
+    if isinstance(exc, StoreError):
+        request.app[METRICS].store_errors.inc()
+        log.error("store_write_failed", path=request.path, reason=str(exc))
+        return error_response(Unavailable("the store could not commit the change; retry"))
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return _http_error(request, exc)
+    if isinstance(exc, web.HTTPException):
+        raise exc  # a redirect is an answer
+    log.exception("unhandled_error", method=request.method, path=request.path)
+    return json_response(
+        {"error": {"code": "internal", "message": "internal error; see the master's log"}}, 500
+    )
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -53,6 +53,7 @@ def build_app(store: Store, auth: Auth, *, check_concurrency: int = 512) -> web.
             yield
         finally:
             await scheduler.stop()
+            registry.close()
             await store.close()
             log.info("store_closed", store=store.describe())
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from master.errors import Unauthorized
 from master.shared.tokens import TokenFile
+
+READS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Auth:
@@ -12,8 +15,16 @@ class Auth:
         self.write = write
         self.read = read
 
+    def guards(self, method: str) -> bool:
+        """Does a request of `method` need a token at all? (Open by default: no cost.)"""
+        return (self.read if method in READS else self.write) is not None
+
+    def check(self, method: str, authorization: str | None) -> None:
+        if not self.allows(method, authorization):
+            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
     def allows(self, method: str, authorization: str | None) -> bool:
-        is_write = method not in ("GET", "HEAD", "OPTIONS")
+        is_write = method not in READS
         if is_write and self.write is None:
             return True
         if not is_write and self.read is None:

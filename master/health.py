@@ -51,7 +51,7 @@ async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -
 # --- the thresholds --------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class StatusTracker:
     """One service's reported status, moved by probe results through the two thresholds.
 
@@ -106,7 +106,7 @@ class StatusTracker:
 # --- the scheduler ---------------------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
     """What the scheduler knows of one service. Replaced whole when its check url changes,
     so a probe still running against the old url finds itself orphaned and is dropped."""

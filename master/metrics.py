@@ -103,13 +103,20 @@ class Metrics:
             "picoapi_store_errors", "Writes the store failed to commit.", registry=self.registry
         )
 
+        self._routes: dict[Any, str] = {}  # resource -> its template, looked up once
+
     def add_figures(self, figures: Figures) -> None:
         """Families computed when scraped (the registry's counts, the checks in flight)."""
         self.registry.register(_Figures(figures))
 
-    def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
+    def observe_request(self, request: Any, code: int, seconds: float) -> None:
+        """Count one answer under its route's template (`/v1/services/{id}`)."""
+        resource = request.match_info.route.resource
+        route = self._routes.get(resource)
+        if route is None:
+            route = self._routes[resource] = resource.canonical if resource else "unmatched"
         requests = self._requests
-        key = (method, route, code)
+        key = (request.method, route, code)
         requests.counts[key] = requests.counts.get(key, 0) + 1
         latency = requests.latency.get(route)
         if latency is None:

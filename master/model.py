@@ -258,6 +258,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
 
 
 _SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text
+_DURATION_TEXTS: dict[float, str] = {}
 
 
 def _enc_hook(value: Any) -> Any:
@@ -270,7 +271,12 @@ def _enc_hook(value: Any) -> Any:
             _SECOND[:] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         return f"{_SECOND[1]}.{ms:03d}Z"
     if isinstance(value, Duration):
-        return format_duration(value)
+        text = _DURATION_TEXTS.get(value)
+        if text is None:
+            text = format_duration(value)
+            if len(_DURATION_TEXTS) < _DURATIONS_MAX:
+                _DURATION_TEXTS[float(value)] = text
+        return text
     raise NotImplementedError(type(value))
 
 
@@ -552,7 +558,18 @@ class Record(Registration, kw_only=True, frozen=True, forbid_unknown_fields=Fals
 
 def new_record(registration: Registration, **health: Any) -> Record:
     """A Record holding `registration`'s fields (the same objects) and `health`."""
-    return Record(**{f: getattr(registration, f) for f in REGISTRATION_FIELDS}, **health)
+    r = registration
+    return Record(
+        id=r.id,
+        name=r.name,
+        address=r.address,
+        port=r.port,
+        scheme=r.scheme,
+        tags=r.tags,
+        meta=r.meta,
+        check=r.check,
+        **health,
+    )
 
 
 class ServiceList(Struct, frozen=True):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import msgspec
@@ -35,6 +36,7 @@ from master.model import (
     encode,
     new_record,
 )
+from master.shared.logs import Budget
 from master.store.base import Store
 
 log = structlog.get_logger("master.registry")
@@ -44,6 +46,28 @@ Listener = Callable[[Record | None, Record | None], None]
 the index counts (so the health scheduler sees a new check url or a removal at once)."""
 
 GZIP_LEVEL: Final = 5  # a full list shrinks about 10x at a fraction of level 9's cost
+GZIP_MIN: Final = 1024  # below this, gzip costs more than it saves
+ANSWERS_MAX: Final = 1024  # listings kept, per distinct query
+ANSWER_BYTES_MAX: Final = 64 << 20  # and their bytes, gzipped copies included
+ANSWER_FRESH_SECONDS: Final = 1.0  # how stale a kept listing's last_check may be
+LOGGED_WRITES_PER_SECOND: Final = 50  # registrations logged one by one; past it, summed up
+
+
+class _Answer:
+    """One query's listing, as built at `index` (and `version`), with its gzipped copy."""
+
+    __slots__ = ("body", "built", "gzipped", "index", "version")
+
+    def __init__(self, index: int, version: int, built: float, body: bytes) -> None:
+        self.index = index
+        self.version = version
+        self.built = built
+        self.body = body
+        self.gzipped: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.gzipped or b"")
 
 
 class Registry:
@@ -56,12 +80,15 @@ class Registry:
         self._by_status: dict[Status, set[str]] = {status: set() for status in Status}
         self._documents: dict[str, Document] = {}
         self._document_users: dict[str, int] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # ids being written, each with the futures of writers waiting their turn
+        self._busy: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Listener] = []
         self._index = 0
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Future[None] | None = None  # made when someone waits
         self._version = 0  # moves on every change in memory, also those the index ignores
-        self._full_list: tuple[int, bytes, bytes | None] | None = None  # version, JSON, gzip
+        self._answers: OrderedDict[tuple[object, ...], _Answer] = OrderedDict()
+        self._answer_bytes = 0
+        self._write_logs = Budget(log, "service_writes", LOGGED_WRITES_PER_SECOND)
 
     # --- loading and listening ---------------------------------------------------------
 
@@ -145,20 +172,46 @@ class Registry:
         gzipped: bool = False,
     ) -> tuple[bytes, bool]:
         """`{"index": N, "services": [...]}` for a query, as JSON; gzipped if asked and
-        worth it. The unfiltered list is built once per index and served from there."""
-        tags = tuple(tags)
-        if tags or name is not None or status is not None:
-            ids = self._query_ids(tags, name, status)
-            return self._wrap(b",".join([self._body(i) for i in ids])), False
-        cached = self._full_list
-        if cached is None or cached[0] != self._version:
-            body = self._wrap(b",".join([self._body(i) for i in sorted(self._encoded)]))
-            cached = self._full_list = (self._version, body, None)
-        if not gzipped or len(cached[1]) < 1024:
-            return cached[1], False
-        if cached[2] is None:
-            cached = self._full_list = (cached[0], cached[1], gzip.compress(cached[1], GZIP_LEVEL))
-        return cached[2], True  # type: ignore[return-value]
+        worth it (then True).
+
+        Answers are kept per query until the index moves or, for what only a check result
+        changed (`last_check`), for at most ANSWER_FRESH_SECONDS: so a thousand watchers
+        asking the same question cost one build, and a check that only confirms a status
+        shows within a second."""
+        key = (tuple(tags), name, status)
+        now = time.monotonic()
+        answer = self._answers.get(key)
+        if (
+            answer is None
+            or answer.index != self._index
+            or (answer.version != self._version and now - answer.built > ANSWER_FRESH_SECONDS)
+        ):
+            if answer is not None:
+                self._answer_bytes -= answer.size
+            ids = sorted(self._encoded) if key == ((), None, None) else self._query_ids(*key)
+            body = self._wrap(b",".join([self._body(i) for i in ids]))
+            answer = self._answers[key] = _Answer(self._index, self._version, now, body)
+            self._answer_bytes += answer.size
+            self._trim_answers(keep=key)
+        else:
+            self._answers.move_to_end(key)
+        if not gzipped or len(answer.body) < GZIP_MIN:
+            return answer.body, False
+        if answer.gzipped is None:
+            answer.gzipped = gzip.compress(answer.body, GZIP_LEVEL)
+            self._answer_bytes += len(answer.gzipped)
+        return answer.gzipped, True
+
+    def _trim_answers(self, keep: tuple[object, ...]) -> None:
+        """Least recently asked first, down to the bounds (the newest one always stays)."""
+        while len(self._answers) > 1 and (
+            len(self._answers) > ANSWERS_MAX or self._answer_bytes > ANSWER_BYTES_MAX
+        ):
+            key, old = next(iter(self._answers.items()))
+            if key == keep:
+                break
+            del self._answers[key]
+            self._answer_bytes -= old.size
 
     def _wrap(self, items: bytes) -> bytes:
         return b'{"index":%d,"services":[%s]}' % (self._index, items)
@@ -199,18 +252,20 @@ class Registry:
         """
         if index != self._index:
             return self._index
-        changed = self._changed
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
-                await changed.wait()
+                await asyncio.shield(self._changed)
         except TimeoutError:
             pass
         return self._index
 
     def wake_all(self) -> None:
         """Answer every blocking query now (at shutdown), without moving the index."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set_result(None)
 
     # --- writes ------------------------------------------------------------------------
 
@@ -218,7 +273,10 @@ class Registry:
         """Register or replace; returns the stored record and whether anything changed
         (its JSON, as written, is `encoded(record)`). A PUT identical to what is stored
         changes nothing, not even the index."""
-        async with self._lock(registration.id):
+        turn = self._claim(registration.id)
+        if turn is not None:
+            await self._wait_turn(registration.id, turn)
+        try:
             old = self._records.get(registration.id)
             new_document: Document | None = None
             if isinstance(openapi, Document):
@@ -247,15 +305,19 @@ class Registry:
                 last_check=last_check,
             )
             await self._write(old, new, new_document)
-            if old is None:
-                log.info("service_registered", service_id=new.id, name=new.name)
-            else:
-                log.info("service_updated", service_id=new.id, name=new.name)
+            if self._write_logs.spend():
+                event = "service_registered" if old is None else "service_updated"
+                log.info(event, service_id=new.id, name=new.name)
             return new, True
+        finally:
+            self._release(registration.id)
 
     async def delete(self, record_id: str, *, event: str = "service_deregistered") -> Record | None:
         """Remove a service; returns what was removed, or None if it was not registered."""
-        async with self._lock(record_id):
+        turn = self._claim(record_id)
+        if turn is not None:
+            await self._wait_turn(record_id, turn)
+        try:
             old = self._records.get(record_id)
             if old is None:
                 return None
@@ -264,6 +326,8 @@ class Registry:
             self._bump(revision)
             log.info(event, service_id=record_id, name=old.name)
             return old
+        finally:
+            self._release(record_id)
 
     async def record_check(
         self, record_id: str, check_url: str, status: Status, result: CheckResult
@@ -274,7 +338,10 @@ class Registry:
         the status is kept in memory and wakes nobody. A result for a check url the service
         no longer has (re-registered while the probe ran) is dropped.
         """
-        async with self._lock(record_id):
+        turn = self._claim(record_id)
+        if turn is not None:
+            await self._wait_turn(record_id, turn)
+        try:
             old = self._records.get(record_id)
             if old is None or old.check_url != check_url:
                 return None
@@ -291,6 +358,8 @@ class Registry:
                 output=result.output[:200],
             )
             return new
+        finally:
+            self._release(record_id)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -314,21 +383,37 @@ class Registry:
             return ()
         return (sha,)
 
-    @asynccontextmanager
-    async def _lock(self, record_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(record_id, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[record_id] = (lock, users + 1)
+    def _claim(self, record_id: str) -> asyncio.Future[None] | None:
+        """Take the id for one write; None when it was free (nearly always: no future, no
+        await), else the future to await until the writer before hands it over."""
+        waiters = self._busy.get(record_id)
+        if waiters is None:
+            self._busy[record_id] = []
+            return None
+        turn = asyncio.get_running_loop().create_future()
+        waiters.append(turn)
+        return turn
+
+    async def _wait_turn(self, record_id: str, turn: asyncio.Future[None]) -> None:
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[record_id]
-            if users == 1:
-                del self._locks[record_id]
-            else:
-                self._locks[record_id] = (lock, users - 1)
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release(record_id)  # handed the id, then cancelled: hand it on
+            raise
+
+    def _release(self, record_id: str) -> None:
+        waiters = self._busy[record_id]
+        while waiters and waiters[0].done():  # its writer was cancelled while waiting
+            waiters.pop(0)
+        if waiters:
+            waiters.pop(0).set_result(None)
+        else:
+            del self._busy[record_id]
+
+    def close(self) -> None:
+        """At shutdown: say what the log budget left out."""
+        self._write_logs.close()
 
     def _install(
         self, old: Record | None, new: Record | None, body: bytes | None, *, notify: bool = True
@@ -379,8 +464,7 @@ class Registry:
 
     def _bump(self, revision: int) -> None:
         self._index = max(self._index, revision)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.wake_all()
 
 
 def _discard(index: dict[str, set[str]], key: str, record_id: str) -> None:

@@ -40,6 +40,10 @@ SCHEMA_V2 = (
     "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 
+_UPSERT = "INSERT OR REPLACE INTO services (id, body, revision) VALUES (?, ?, ?)"
+_PUT_DOCUMENT = "INSERT OR REPLACE INTO documents (sha256, body) VALUES (?, ?)"
+_DROP_DOCUMENT = "DELETE FROM documents WHERE sha256 = ?"
+
 T = TypeVar("T")
 
 
@@ -203,22 +207,22 @@ class SQLiteStore(Store):
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for write in batch:  # in queue order, so the last write to an id wins
+            # In queue order, so the last write to an id wins. Runs of puts go in one
+            # executemany; documents live in their own table, so their order against the
+            # services' rows does not matter, only among themselves.
+            upserts: list[tuple[str, bytes, int]] = []
+            for write in batch:
                 if write.document is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO documents (sha256, body) VALUES (?, ?)",
-                        (write.document.sha256, write.document.body),
-                    )
-                if write.body is None:
-                    conn.execute("DELETE FROM services WHERE id = ?", (write.record_id,))
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO services (id, body, revision) VALUES (?, ?, ?)",
-                        (write.record_id, write.body, write.revision),
-                    )
-                conn.executemany(
-                    "DELETE FROM documents WHERE sha256 = ?", [(sha,) for sha in write.drop]
-                )
+                    conn.execute(_PUT_DOCUMENT, (write.document.sha256, write.document.body))
+                if write.drop:
+                    conn.executemany(_DROP_DOCUMENT, [(sha,) for sha in write.drop])
+                if write.body is not None:
+                    upserts.append((write.record_id, write.body, write.revision))
+                    continue
+                conn.executemany(_UPSERT, upserts)
+                upserts.clear()
+                conn.execute("DELETE FROM services WHERE id = ?", (write.record_id,))
+            conn.executemany(_UPSERT, upserts)
             conn.execute(
                 "INSERT OR REPLACE INTO state (key, value) VALUES ('revision', ?)",
                 (batch[-1].revision,),
