@@ -106,13 +106,14 @@ class StatusTracker:
 # --- the scheduler ---------------------------------------------------------------------
 
 
-@dataclass(eq=False, slots=True)
-class _Entry:
-    """What the scheduler knows of one service. Replaced whole when its check url changes,
-    so a probe still running against the old url finds itself orphaned and is dropped."""
+@dataclass(eq=False, slots=True, kw_only=True)
+class _Entry(StatusTracker):
+    """What the scheduler knows of one service: its check, and its status through the
+    thresholds (one object a service, not two: 10,000 of them). Replaced whole when its
+    check url changes, so a probe still running against the old url finds itself orphaned
+    and is dropped."""
 
     spec: CheckSpec
-    tracker: StatusTracker
     generation: int = 0
     task: asyncio.Task[None] | None = None
 
@@ -202,17 +203,17 @@ class HealthScheduler:
         now = asyncio.get_running_loop().time()
         if entry is None or entry.spec.url != spec.url:
             # New, or a new url: the registry reset its status, so the thresholds restart.
-            tracker = StatusTracker(
-                spec.failures_before_critical,
-                spec.successes_before_passing,
+            entry = self._entries[service_id] = _Entry(
+                failures_before_critical=spec.failures_before_critical,
+                successes_before_passing=spec.successes_before_passing,
                 status=new.status,
                 critical_since=now if new.status is Status.CRITICAL else None,
+                spec=spec,
             )
-            entry = self._entries[service_id] = _Entry(spec, tracker)
         else:
             entry.spec = spec
-            entry.tracker.failures_before_critical = spec.failures_before_critical
-            entry.tracker.successes_before_passing = spec.successes_before_passing
+            entry.failures_before_critical = spec.failures_before_critical
+            entry.successes_before_passing = spec.successes_before_passing
         self._generation += 1
         entry.generation = self._generation
         # Jitter over one interval, so services registered together do not fire together.
@@ -286,14 +287,14 @@ class HealthScheduler:
         if self._entries.get(service_id) is not entry:
             return  # removed, or its url changed, while the probe ran
         now = loop.time()
-        status = entry.tracker.observe(result.status, now)
+        status = entry.observe(result.status, now)
         try:
             record = await self._registry.record_check(service_id, spec.url, status, result)
             deregister_after = entry.spec.deregister_after
             if (
                 record is not None
                 and deregister_after > 0
-                and entry.tracker.critical_for(now) >= deregister_after
+                and entry.critical_for(now) >= deregister_after
             ):
                 await self._registry.delete(service_id, event="service_reaped")
         except Exception:
