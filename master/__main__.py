@@ -18,7 +18,8 @@ from aiohttp import web
 from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
 from master.shared import daemon
-from master.shared.daemon import StopSignals, bound_address, configure_logging, listen_socket
+from master.shared.daemon import StopSignals, bound_address, listen_socket
+from master.shared.logs import configure_logging
 from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
 

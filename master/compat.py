@@ -54,6 +54,7 @@ from master.model import (
     loads_json,
     parse_duration,
 )
+from master.shared.capped import read_capped
 
 PICOAPI_NAME: Final = "picoapi_name"  # the meta key holding the name as the service sent it
 DEFAULT_INTERVAL: Final = 30.0  # picoapi's HealthCheckDefinition default, in seconds
@@ -257,7 +258,9 @@ async def _fetch(
             async with session.get(url, allow_redirects=False) as answer:
                 if answer.status != 200:
                     return NOT_RUNNING
-                body = await _read_capped(answer)
+                body, more = await read_capped(answer.content, DOCUMENT_MAX)
+                if more:
+                    return NOT_RUNNING
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return NOT_RUNNING
     try:
@@ -265,18 +268,6 @@ async def _fetch(
     except FieldError:
         return NOT_RUNNING
     return document if isinstance(document, dict) else NOT_RUNNING
-
-
-async def _read_capped(answer: aiohttp.ClientResponse) -> bytes | None:
-    """The body, or None once it passes DOCUMENT_MAX (an endless body costs 8 MiB at most)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in answer.content.iter_any():
-        size += len(chunk)
-        if size > DOCUMENT_MAX:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def add_routes(app: web.Application) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from master.model import FieldError, check_int, check_text
+from master.shared.daemon import package_version
 from master.shared.tokens import TokenFileError, read_tokens
 from master.shared.yamlfile import (
     ConfigError,
@@ -110,7 +111,7 @@ OPTIONS: Final = (
     Option(
         "store",
         "URL",
-        f"sqlite:///PATH, memory:// or etcd://HOST:PORT[,...] (default {DEFAULT_STORE})",
+        f"sqlite:///relative/path, sqlite:////absolute/path or memory:// (default {DEFAULT_STORE})",
         _check_store,
     ),
     Option(
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -165,7 +167,7 @@ def _epilog() -> str:
         "Every option also reads a variable: "
         f"{variables}.\nA flag wins over a variable, a variable over the --config file:\n\n"
         "  listen: 0.0.0.0:9500\n"
-        "  store: sqlite:///var/lib/picoapi/registry.db\n"
+        "  store: sqlite:////var/lib/picoapi/registry.db   # four slashes: an absolute path\n"
         "  token_file: tokens        # relative paths: from the file's directory\n"
         "\nexit status: 0 after SIGTERM/SIGINT, 2 on bad configuration"
     )

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Final
 
+from master.shared.daemon import package_version
 from master.shared.yamlfile import ConfigError
 from sidecar.config import Config, load_config, registration_json
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[log_format],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.command == "check":
         print(json.dumps(registration_json(config, None), indent=2, ensure_ascii=False))
         return 0

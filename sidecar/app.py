@@ -28,9 +28,9 @@ from master.shared.daemon import (
     StopSignals,
     bound_address,
     cancel_and_wait,
-    configure_logging,
     listen_socket,
 )
+from master.shared.logs import configure_logging
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config
 from sidecar.desired import Desired
@@ -132,6 +132,8 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
         master_urls=list(config.master.urls),
         pid=os.getpid(),
     )
+    for warning in config.warnings:
+        log.warning("config_warning", warning=warning)
     return None
 
 

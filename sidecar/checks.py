@@ -28,6 +28,7 @@ import aiohttp
 import psutil
 
 from master.model import OUTPUT_MAX, CheckResult, Status, format_duration
+from master.shared.capped import read_capped
 from master.shared.daemon import cancel_and_wait
 from master.shared.probe import critical, decode_capped, describe_os_error, elapsed_ms, probe_http
 from sidecar.config import CheckConfig, ExecCheck, HttpCheck, ProcessCheck, TcpCheck
@@ -37,7 +38,6 @@ USER_AGENT: Final = "picoapi-sidecar-check"
 # Exec: the Nagios convention Consul follows.
 EXEC_PASSING_EXIT: Final = 0
 EXEC_WARNING_EXIT: Final = 1
-PIPE_CHUNK: Final = 64 * 1024
 
 _T = TypeVar("_T")
 
@@ -332,7 +332,8 @@ class ExecProbe(Check):
         finished = False
         try:
             async with asyncio.timeout(self.timeout):
-                output = decode_capped(await _drain_capped(proc.stdout, OUTPUT_MAX))
+                kept, _ = await read_capped(proc.stdout, OUTPUT_MAX, drain=True)
+                output = decode_capped(kept)
                 code = await proc.wait()
             finished = True
         except TimeoutError:
@@ -353,13 +354,3 @@ class ExecProbe(Check):
         if code < 0:
             output = output or f"killed by signal {signal.Signals(-code).name}"
         return CheckResult(status, output or f"exit status {code}", elapsed_ms(started))
-
-
-async def _drain_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
-    """Keep the first `limit` bytes and read the rest away, so a chatty child never blocks
-    on a full pipe and never outlives its timeout because of us."""
-    kept = bytearray()
-    while chunk := await stream.read(PIPE_CHUNK):
-        if len(kept) < limit:
-            kept += chunk[: limit - len(kept)]
-    return bytes(kept)

@@ -8,11 +8,12 @@ each field goes through the same master.model checks the master runs.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -155,8 +156,9 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class MasterConfig:
-    """Where to register: URLs tried in order (no trailing slash), and the bearer token."""
+class MasterLink:
+    """Where to register: the master URLs tried in order (no trailing slash), and the bearer
+    token. (Not the master's own options: those are master.config.MasterConfig.)"""
 
     urls: tuple[str, ...] = (DEFAULT_MASTER_URL,)
     token: str | None = None
@@ -182,8 +184,11 @@ class Config:
     path: Path
     service: ServiceConfig
     check: CheckConfig
-    master: MasterConfig
+    master: MasterLink
     sidecar: SidecarSettings
+    # What is valid but likely wrong (`file:line: field: ...`): `check` prints them, `run`
+    # logs them. Not part of equality: a reload that only changes a warning changes nothing.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def registration(self) -> Registration:
         """What the master should hold: it checks this sidecar's /health, which runs the
@@ -224,7 +229,39 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     config = _Reader(doc, env, Path(path)).read()
     doc.raise_for_problems()
     _check_wire_format(doc, config)
-    return config
+    return replace(config, warnings=tuple(_warnings(doc, config)))
+
+
+def _warnings(doc: Document, config: Config) -> list[str]:
+    """A loopback advertise for a service that others reach elsewhere: a master on another
+    host would find nothing there, and mark the service critical."""
+    host = split_host(config.sidecar.advertise)
+    if _is_loopback(host) and not _is_loopback(config.service.address):
+        path = "sidecar.advertise" if doc.has("sidecar.advertise") else "sidecar.listen"
+        problem = Problem(
+            doc.file,
+            doc.line_of(path),
+            path,
+            f"the master will check this sidecar at {config.sidecar.advertise}, a loopback "
+            f"address, while the service is at {config.service.address}: a master on "
+            "another host cannot reach it; set sidecar.advertise to an address it can reach",
+        )
+        return [str(problem)]
+    return []
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(host_port: str) -> str:
+    host = host_port.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") else host
 
 
 def default_id(name: str) -> str:
@@ -373,7 +410,7 @@ class _Reader:
 
     # --- master ----------------------------------------------------------------------
 
-    def master(self) -> MasterConfig:
+    def master(self) -> MasterLink:
         doc = self.doc
         doc.section("master", _MASTER_KEYS)
         urls = doc.check("master.url", _check_urls)
@@ -381,12 +418,12 @@ class _Reader:
             urls = self.env_master_urls()
         if doc.has("master.token") and doc.has("master.token_file"):
             doc.problem("master.token_file", "give token or token_file, not both")
-            return MasterConfig(urls)
+            return MasterLink(urls)
         token = doc.check("master.token", _check_token)
         file = doc.check("master.token_file", check_text, 4096)
         if file is not None:
             token = self.read_token(file)
-        return MasterConfig(urls, token)
+        return MasterLink(urls, token)
 
     def env_master_urls(self) -> tuple[str, ...]:
         """PICOAPI_MASTER_URL, several separated by commas, since a variable is no list."""

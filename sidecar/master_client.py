@@ -16,7 +16,7 @@ import msgspec
 
 from master.model import ErrorAnswer, format_duration
 from master.shared.probe import describe_error
-from sidecar.config import MasterConfig
+from sidecar.config import MasterLink
 
 MASTER_TIMEOUT: Final = 5.0  # per URL and request
 ERROR_TEXT_MAX: Final = 200  # of an answer that is not the master's error shape
@@ -54,7 +54,7 @@ class MasterClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_text = f"no answer within {format_duration(timeout)}"
 
-    async def put(self, master: MasterConfig, service_id: str, body: bytes) -> Stored:
+    async def put(self, master: MasterLink, service_id: str, body: bytes) -> Stored:
         url, answer = await self._request(master, "PUT", service_id, body)
         try:
             sha256 = _RECORD.decode(answer).openapi_sha256
@@ -62,14 +62,14 @@ class MasterClient:
             sha256 = None  # a 2xx that is no record (a proxy's): it said nothing of a document
         return Stored(url, sha256)
 
-    async def delete(self, master: MasterConfig, service_id: str) -> str:
+    async def delete(self, master: MasterLink, service_id: str) -> str:
         """The URL of the master that deleted it; a 404 counts: it is gone either way."""
         url, _ = await self._request(master, "DELETE", service_id, None, gone_is_ok=True)
         return url
 
     async def _request(
         self,
-        master: MasterConfig,
+        master: MasterLink,
         method: str,
         service_id: str,
         body: bytes | None,

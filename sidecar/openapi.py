@@ -18,10 +18,10 @@ import aiohttp
 import yaml
 
 from master.model import FieldError, check_openapi, format_duration, loads_json
+from master.shared.capped import read_capped
 from master.shared.probe import describe_error
 
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024  # what the master accepts with a document
-READ_CHUNK: Final = 64 * 1024
 ACCEPT: Final = "application/json, application/yaml;q=0.9, */*;q=0.5"
 # The C loader, when PyYAML was built with libyaml, parses a large document many times faster.
 _YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -113,12 +113,10 @@ async def _read_capped(url: str, response: aiohttp.ClientResponse, limit: int) -
     too_large = f"larger than {limit} bytes"
     if response.content_length is not None and response.content_length > limit:
         raise DocumentTooLarge(url, too_large)
-    body = bytearray()
-    while chunk := await response.content.read(READ_CHUNK):
-        body += chunk
-        if len(body) > limit:
-            raise DocumentTooLarge(url, too_large)
-    return bytes(body)
+    body, more = await read_capped(response.content, limit)
+    if more:
+        raise DocumentTooLarge(url, too_large)
+    return body
 
 
 def _parse_yaml(url: str, body: bytes, max_bytes: int) -> Any:

@@ -424,3 +424,19 @@ def test_loading_twice_gives_equal_configs(tmp_path: Path) -> None:
     path = HERE / "yaml_ok" / "contract_example.yaml"
     first: Config = load_config(path, ENV)
     assert load_config(path, ENV) == first
+
+
+def test_loopback_advertise_for_a_remote_service_warns(tmp_path: Path) -> None:
+    """Valid, but a master on another host could never check it: say so, with the line."""
+    text = "service: {name: web, port: 80, address: 10.0.0.5}\nsidecar:\n  listen: 127.0.0.1:9501\n"
+    config = load_config(write(tmp_path, text), {})
+    assert config.sidecar.advertise == "127.0.0.1:9501"  # listening on one address: that one
+    assert len(config.warnings) == 1
+    assert config.warnings[0].startswith(f"{tmp_path / 'svc.yaml'}:3: sidecar.listen: ")
+    assert "loopback" in config.warnings[0] and "10.0.0.5" in config.warnings[0]
+    wildcard = load_config(
+        write(tmp_path, "service: {name: web, port: 80, address: 10.0.0.5}\n"), {}
+    )
+    assert wildcard.sidecar.advertise == "10.0.0.5:9501" and wildcard.warnings == ()
+    local = load_config(write(tmp_path, "service: {name: web, port: 80, address: 127.0.0.1}\n"), {})
+    assert local.warnings == ()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import importlib.metadata
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
@@ -38,29 +37,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def configure_logging(log_format: str | None = None, level: int = logging.INFO) -> None:
-    """`log_format` is "json", "console" or None (decide by whether stderr is a TTY)."""
-    if log_format is None:
-        log_format = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.types.Processor
-    if log_format == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    # aiohttp's access log is noise at this rate; its errors still reach stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+def package_version() -> str:
+    """The installed distribution's version, for `--version` (both daemons)."""
+    try:
+        return importlib.metadata.version("picoapi-sidecar")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:

@@ -18,6 +18,7 @@ from typing import Any, Final
 import aiohttp
 
 from master.model import OUTPUT_MAX, CheckResult, FieldError, Status, format_duration, loads_json
+from master.shared.capped import read_capped
 
 PASSING_CODES: Final = range(200, 300)
 WARNING_CODE: Final = 429
@@ -47,7 +48,7 @@ async def probe_http(
         ):
             # Leaving the block with the body unread drops the connection, so a huge body
             # is never transferred past the cap.
-            body = await read_capped(response.content, OUTPUT_MAX)
+            body, _ = await read_capped(response.content, OUTPUT_MAX)
     except TimeoutError:
         return critical(f"timed out after {format_duration(timeout)}", started)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -78,17 +79,6 @@ def _answer_detail(text: str, content_type: str) -> dict[str, Any] | None:
     if isinstance(answer, dict) and isinstance(answer.get("output"), str):
         return answer
     return None
-
-
-async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to `limit` bytes of a body; the rest is never read."""
-    body = bytearray()
-    while len(body) < limit:
-        chunk = await content.read(limit - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return bytes(body)
 
 
 def decode_capped(data: bytes) -> str:
