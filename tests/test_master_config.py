@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from master.config import DEFAULT_STORE, MasterLink, parse_master_config
+from master.config import DEFAULT_STORE, MasterConfig, parse_master_config
 from master.shared.yamlfile import ConfigError
 
 MASTER = Path(sys.executable).parent / "picoapi-master"
@@ -27,7 +27,7 @@ def problems(argv: list[str], environ: dict[str, str]) -> list[str]:
 
 def test_defaults() -> None:
     config = parse_master_config([], {})
-    assert config == MasterLink()
+    assert config == MasterConfig()
     assert (config.listen_host, config.listen_port, config.listen) == (
         "0.0.0.0",
         9500,
@@ -70,7 +70,7 @@ def test_every_option_from_each_source(tmp_path: Path) -> None:
     )
     config_file = write(tmp_path / "master.yaml", text)
     from_file = parse_master_config(["--config", str(config_file)], {})
-    assert from_file == MasterLink(
+    assert from_file == MasterConfig(
         listen_host="::1",
         listen_port=9600,
         store="memory://",
