@@ -1,0 +1,193 @@
+"""The registry in-process: the identical-PUT rule, documents, the check-url guard, waits,
+listings, and one write at a time per id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from master.model import (
+    KEEP,
+    CheckResult,
+    CheckSpec,
+    Document,
+    Registration,
+    Status,
+    canonical_document,
+)
+from master.registry import Registry
+from master.store.memory import MemoryStore
+
+DOC = {"openapi": "3.0.3", "info": {"title": "web", "version": "1"}, "paths": {}}
+
+
+def registration(ident: str = "web-1", **fields: Any) -> Registration:
+    base: dict[str, Any] = {
+        "id": ident,
+        "name": "web",
+        "address": "10.0.0.5",
+        "port": 8080,
+        "tags": ("a", "b"),
+        "meta": {"team": "data"},
+    }
+    base.update(fields)
+    return Registration(**base)
+
+
+def document(**changes: Any) -> Document:
+    return Document.of(canonical_document({**DOC, **changes}))
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[Registry]:
+    registry = Registry(MemoryStore())
+    await registry.load()
+    yield registry
+    registry.close()
+
+
+def listed(registry: Registry, **query: Any) -> list[str]:
+    body, _ = registry.listing(**query)
+    return [record["id"] for record in json.loads(body)["services"]]
+
+
+async def test_identical_put_changes_nothing_not_even_the_index(registry: Registry) -> None:
+    first, changed = await registry.put(registration(), document())
+    assert changed
+    index = registry.index
+    again, changed = await registry.put(registration(), KEEP)
+    assert not changed and again is first and registry.index == index
+    again, changed = await registry.put(registration(), document())  # the same document
+    assert not changed and registry.index == index
+    moved, changed = await registry.put(registration(tags=("a", "c")), KEEP)
+    assert changed and registry.index > index
+    assert moved.registered_at == first.registered_at
+    assert moved.updated_at >= first.updated_at
+
+
+async def test_absent_document_keeps_it_and_null_removes_it(registry: Registry) -> None:
+    record, _ = await registry.put(registration(), document())
+    assert record.openapi_sha256 == document().sha256
+    kept, _ = await registry.put(registration(port=9090), KEEP)
+    assert kept.openapi_sha256 == document().sha256
+    assert registry.document(kept.openapi_sha256) == document()
+    removed, changed = await registry.put(registration(port=9090), None)
+    assert changed and removed.openapi_sha256 is None
+    assert registry.document_bytes() == 0
+
+
+async def test_a_document_is_kept_once_and_dropped_with_its_last_user(registry: Registry) -> None:
+    shared = document()
+    for n in range(5):
+        await registry.put(registration(f"web-{n}"), shared)
+    assert registry.document_bytes() == len(shared.body)  # five users, one copy
+    snapshot = await registry._store.open()
+    assert list(snapshot.documents) == [shared.sha256]
+    for n in range(4):
+        await registry.delete(f"web-{n}")
+    assert registry.document(shared.sha256) == shared
+    await registry.put(registration("web-4"), document(info={"title": "web", "version": "2"}))
+    assert registry.document(shared.sha256) is None
+    assert shared.sha256 not in (await registry._store.open()).documents
+    record = registry.get("web-4")
+    assert record is not None
+    assert json.loads(registry.with_document(record))["openapi"]["info"]["version"] == "2"
+
+
+async def test_a_new_check_url_resets_the_status_a_result_for_the_old_one_is_dropped(
+    registry: Registry,
+) -> None:
+    old_url = "http://10.0.0.5:9501/health"
+    await registry.put(registration(check=CheckSpec(url=old_url)), KEEP)
+    await registry.record_check(
+        "web-1", old_url, Status.CRITICAL, CheckResult(Status.CRITICAL, "down", 1.0)
+    )
+    assert registry.get("web-1").status is Status.CRITICAL  # type: ignore[union-attr]
+    same_url, _ = await registry.put(registration(check=CheckSpec(url=old_url), port=1), KEEP)
+    assert same_url.status is Status.CRITICAL  # a replace keeps the status...
+    new_url = "http://10.0.0.6:9501/health"
+    moved, _ = await registry.put(registration(check=CheckSpec(url=new_url)), KEEP)
+    assert moved.status is Status.UNKNOWN and moved.last_check is None  # ...unless the url moved
+    late = await registry.record_check(
+        "web-1", old_url, Status.PASSING, CheckResult(Status.PASSING, "ok", 1.0)
+    )
+    assert late is None and registry.get("web-1").status is Status.UNKNOWN  # type: ignore[union-attr]
+
+
+async def test_a_confirming_check_moves_no_index(registry: Registry) -> None:
+    url = "http://10.0.0.5:9501/health"
+    await registry.put(registration(check=CheckSpec(url=url)), KEEP)
+    await registry.record_check("web-1", url, Status.PASSING, CheckResult(Status.PASSING, "a", 1))
+    index = registry.index
+    await registry.record_check("web-1", url, Status.PASSING, CheckResult(Status.PASSING, "b", 1))
+    assert registry.index == index
+    assert registry.get("web-1").last_check.output == "b"  # type: ignore[union-attr]
+    await registry.record_check("web-1", url, Status.WARNING, CheckResult(Status.WARNING, "c", 1))
+    assert registry.index > index
+
+
+async def test_waits_wake_on_a_change_time_out_and_answer_an_unknown_index_at_once(
+    registry: Registry,
+) -> None:
+    await registry.put(registration(), KEEP)
+    index = registry.index
+    waiters = [asyncio.create_task(registry.wait(index, 5.0)) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    assert not any(w.done() for w in waiters)
+    await registry.put(registration(port=1), KEEP)
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 1.0) == [index + 1] * 20
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await registry.wait(registry.index, 0.2) == registry.index
+    assert loop.time() - started >= 0.19
+    assert await asyncio.wait_for(registry.wait(registry.index + 100, 5.0), 0.5) == registry.index
+
+
+async def test_listings_follow_changes_and_keep_their_answer_until_then(
+    registry: Registry,
+) -> None:
+    await registry.put(registration("a", tags=("x",)), KEEP)
+    await registry.put(registration("b", tags=("x", "y")), KEEP)
+    assert listed(registry, tags=["x"]) == ["a", "b"]
+    first, _ = registry.listing(tags=["x"])
+    again, _ = registry.listing(tags=["x"])
+    assert again is first  # kept: the same bytes
+    await registry.delete("a")
+    assert listed(registry, tags=["x"]) == ["b"]
+    assert listed(registry) == ["b"]
+    assert listed(registry, name="") == []  # an empty name is a filter, not "everything"
+    _, is_gzipped = registry.listing(gzipped=True)
+    assert not is_gzipped  # too small to be worth it
+
+
+async def test_writes_to_one_id_take_turns_and_a_cancelled_one_hands_on(
+    registry: Registry,
+) -> None:
+    store = registry._store
+    started = asyncio.Event()
+    release = asyncio.Event()
+    real_put = store.put
+
+    async def slow_put(*args: Any, **kwargs: Any) -> int:
+        started.set()
+        await release.wait()
+        return await real_put(*args, **kwargs)
+
+    store.put = slow_put  # type: ignore[method-assign]
+    first = asyncio.create_task(registry.put(registration(port=1), KEEP))
+    await started.wait()
+    second = asyncio.create_task(registry.put(registration(port=2), KEEP))
+    third = asyncio.create_task(registry.put(registration(port=3), KEEP))
+    await asyncio.sleep(0.05)
+    second.cancel()  # cancelled while waiting its turn
+    store.put = real_put  # type: ignore[method-assign]
+    release.set()
+    await first
+    record, _ = await asyncio.wait_for(third, 1.0)  # not stuck behind the cancelled one
+    assert record.port == 3
+    assert second.cancelled()
+    assert registry._busy == {}
