@@ -41,7 +41,7 @@ NEED_TOOLS := need=""; command -v node >/dev/null 2>&1 || need="$$need nodejs"; 
 $(BENCH_STAMP): pyproject.toml
 	$(PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -e . matplotlib py-spy
+	$(BENCH_VENV)/bin/pip install -q -e . matplotlib py-spy pydantic
 	touch $@
 
 $(PICOAPI_STAMP):
