@@ -1,14 +1,16 @@
 """The registry: what is registered, indexed for queries, with the index watchers wait on.
 
-It knows nothing of HTTP. Every change goes through here: it is made durable in the store
-first, then applied to the in-memory indexes, then the index moves and watchers wake. The
-index is the store's revision, so it never goes back across a restart. Writes to one
-service id are serialized (so a health update cannot race a PUT); writes to different ids
-run concurrently, which lets the store group them into one commit.
+It knows nothing of HTTP. Memory follows the store's change feed: a write is committed to
+the store, the feed hands the commit back, in revision order with every other master's
+(etcd) or at once (a local store), and only then is it applied to the indexes, the index
+moves to the commit's revision and watchers wake. So memory is never a second copy kept
+beside the store: every master's view is the same history, at the same index. Writes to
+one id take turns here; a write another master won first is a `Conflict`, and is tried
+again on what that master wrote.
 
 Each record is encoded to JSON once, when it is written: the same bytes go to the store,
-to the writer's answer and to every later listing. OpenAPI documents are kept once per
-distinct content (by sha256), shared by every record that names them.
+and (with the record's create and modify index added) to the writer's answer and to every
+later listing. OpenAPI documents are kept once per distinct content (by sha256).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from master.model import (
     new_record,
 )
 from master.shared.logs import Budget
-from master.store.base import Store
+from master.store.base import Change, Conflict, Store, StoredRecord, StoreError
 
 log = structlog.get_logger("master.registry")
 
@@ -51,6 +53,27 @@ ANSWERS_MAX: Final = 1024  # listings kept, per distinct query
 ANSWER_BYTES_MAX: Final = 64 << 20  # and their bytes, gzipped copies included
 ANSWER_FRESH_SECONDS: Final = 1.0  # how stale a kept listing's last_check may be
 LOGGED_WRITES_PER_SECOND: Final = 50  # registrations logged one by one; past it, summed up
+CONFLICT_RETRIES: Final = 5  # another master won the record this often in a row: 503
+FEED_WAIT_SECONDS: Final = 10.0  # a commit not back through the feed by then: 503
+
+
+class FeedBehind(StoreError):
+    """Committed, but this master's view has not caught up with it yet (answered 503:
+    the same PUT again is then a no-op, or it is applied by the time it arrives)."""
+
+
+class _Entry:
+    """One record as held: the record, its answer bytes (None: re-encode them, after a
+    check result changed only `last_check`), and the revisions that created and last
+    changed it."""
+
+    __slots__ = ("body", "created", "modified", "record")
+
+    def __init__(self, record: Record, body: bytes | None, created: int, modified: int) -> None:
+        self.record = record
+        self.body = body
+        self.created = created
+        self.modified = modified
 
 
 class _Answer:
@@ -73,8 +96,7 @@ class _Answer:
 class Registry:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._records: dict[str, Record] = {}
-        self._encoded: dict[str, bytes | None] = {}  # each record's JSON; None: re-encode
+        self._entries: dict[str, _Entry] = {}
         self._by_name: dict[str, set[str]] = {}
         self._by_tag: dict[str, set[str]] = {}
         self._by_status: dict[Status, set[str]] = {status: set() for status in Status}
@@ -82,6 +104,10 @@ class Registry:
         self._document_users: dict[str, int] = {}
         # ids being written, each with the futures of writers waiting their turn
         self._busy: dict[str, list[asyncio.Future[None]]] = {}
+        # records this master is writing, by id: (the bytes sent, the record they encode),
+        # so the feed bringing them back need not decode them again
+        self._own: dict[str, tuple[bytes, Record]] = {}
+        self._catching_up: list[tuple[int, asyncio.Future[None]]] = []
         self._listeners: list[Listener] = []
         self._index = 0
         self._changed: asyncio.Future[None] | None = None  # made when someone waits
@@ -93,23 +119,16 @@ class Registry:
     # --- loading and listening ---------------------------------------------------------
 
     async def load(self) -> int:
-        """Fill the registry from the store; returns how many records were loaded."""
+        """Fill the registry from the store and follow its feed; returns how many records
+        were loaded."""
         snapshot = await self._store.open()
         for sha, body in snapshot.documents.items():
             self._documents[sha] = Document(sha, body)
-        for record_id, body in snapshot.records.items():
-            try:
-                record = decode_record(body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                log.warning("store_row_skipped", service_id=record_id, reason=str(exc))
-                continue
-            if record.openapi_sha256 is not None and record.openapi_sha256 not in self._documents:
-                log.warning("store_document_missing", service_id=record_id)
-                record = msgspec.structs.replace(record, openapi_sha256=None)
-                body = encode(record)
-            self._install(None, record, body)
+        for record_id, stored in snapshot.records.items():
+            self._apply_record(record_id, stored, snapshot.revision, notify=True)
         self._index = snapshot.revision
-        return len(self._records)
+        self._store.subscribe(self._apply)
+        return len(self._entries)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -121,13 +140,19 @@ class Registry:
         return self._index
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._entries)
 
     def get(self, record_id: str) -> Record | None:
-        return self._records.get(record_id)
+        entry = self._entries.get(record_id)
+        return entry.record if entry is not None else None
 
     def records(self) -> Iterable[Record]:
-        return self._records.values()
+        return (entry.record for entry in self._entries.values())
+
+    def indexes(self, record_id: str) -> tuple[int, int]:
+        """The revisions that created the record and last changed it."""
+        entry = self._entries[record_id]
+        return entry.created, entry.modified
 
     def query(
         self,
@@ -136,7 +161,7 @@ class Registry:
         status: Status | None = None,
     ) -> list[Record]:
         """Records matching every filter, by id. Costs the size of the smallest index set."""
-        return [self._records[i] for i in self._query_ids(tags, name, status)]
+        return [self._entries[i].record for i in self._query_ids(tags, name, status)]
 
     def _query_ids(self, tags: Iterable[str], name: str | None, status: Status | None) -> list[str]:
         candidates: list[set[str]] = [self._by_tag.get(tag, set()) for tag in tags]
@@ -145,7 +170,7 @@ class Registry:
         if status is not None:
             candidates.append(self._by_status[status])
         if not candidates:
-            return sorted(self._records)
+            return sorted(self._entries)
         candidates.sort(key=len)
         smallest, *rest = candidates
         if not rest:
@@ -153,15 +178,14 @@ class Registry:
         return sorted(i for i in smallest if all(i in other for other in rest))
 
     def encoded(self, record: Record) -> bytes:
-        """The record's JSON (without its document): as written, or as last re-encoded
-        after a check result that changed only `last_check`."""
+        """The record's JSON (without its document), with its create and modify index."""
         return self._body(record.id)
 
     def _body(self, record_id: str) -> bytes:
-        body = self._encoded[record_id]
-        if body is None:
-            body = self._encoded[record_id] = encode(self._records[record_id])
-        return body
+        entry = self._entries[record_id]
+        if entry.body is None:
+            entry.body = _answer(encode(entry.record), entry.created, entry.modified)
+        return entry.body
 
     def listing(
         self,
@@ -188,7 +212,7 @@ class Registry:
         ):
             if answer is not None:
                 self._answer_bytes -= answer.size
-            ids = sorted(self._encoded) if key == ((), None, None) else self._query_ids(*key)
+            ids = sorted(self._entries) if key == ((), None, None) else self._query_ids(*key)
             body = self._wrap(b",".join([self._body(i) for i in ids]))
             answer = self._answers[key] = _Answer(self._index, self._version, now, body)
             self._answer_bytes += answer.size
@@ -240,7 +264,7 @@ class Registry:
         for name in sorted(self._by_name):
             tags: dict[str, None] = {}
             for record_id in sorted(self._by_name[name]):
-                tags.update(dict.fromkeys(self._records[record_id].tags))
+                tags.update(dict.fromkeys(self._entries[record_id].record.tags))
             result[name] = list(tags)
         return result
 
@@ -271,46 +295,55 @@ class Registry:
 
     async def put(self, registration: Registration, openapi: OpenAPIChange) -> tuple[Record, bool]:
         """Register or replace; returns the stored record and whether anything changed
-        (its JSON, as written, is `encoded(record)`). A PUT identical to what is stored
-        changes nothing, not even the index."""
-        turn = self._claim(registration.id)
+        (its JSON is `encoded(record)`). A PUT identical to what is stored changes
+        nothing, not even the index."""
+        record_id = registration.id
+        turn = self._claim(record_id)
         if turn is not None:
-            await self._wait_turn(registration.id, turn)
+            await self._wait_turn(record_id, turn)
         try:
-            old = self._records.get(registration.id)
-            new_document: Document | None = None
-            if isinstance(openapi, Document):
-                digest: str | None = openapi.sha256
-                if digest not in self._documents:
-                    new_document = openapi
-            elif openapi is KEEP:
-                digest = old.openapi_sha256 if old else None
-            else:
-                digest = None
-            unchanged = old is not None and old.same_registration(registration)
-            if unchanged and old is not None and old.openapi_sha256 == digest:
-                return old, False
-            now = Time.now()
-            if old is not None and old.check_url == (registration.check and registration.check.url):
-                status, last_check = old.status, old.last_check
-            else:
-                status = Status.UNKNOWN if registration.check else Status.PASSING
-                last_check = None
-            new = new_record(
-                registration,
-                status=status,
-                registered_at=old.registered_at if old else now,
-                updated_at=now,
-                openapi_sha256=digest,
-                last_check=last_check,
-            )
-            await self._write(old, new, new_document)
-            if self._write_logs.spend():
-                event = "service_registered" if old is None else "service_updated"
-                log.info(event, service_id=new.id, name=new.name)
-            return new, True
+            for _ in range(CONFLICT_RETRIES):
+                entry = self._entries.get(record_id)
+                old = entry.record if entry is not None else None
+                new_document: Document | None = None
+                if isinstance(openapi, Document):
+                    digest: str | None = openapi.sha256
+                    if digest not in self._documents:
+                        new_document = openapi
+                elif openapi is KEEP:
+                    digest = old.openapi_sha256 if old else None
+                else:
+                    digest = None
+                unchanged = old is not None and old.same_registration(registration)
+                if unchanged and old is not None and old.openapi_sha256 == digest:
+                    return old, False
+                now = Time.now()
+                check_url = registration.check.url if registration.check else None
+                if old is not None and old.check_url == check_url:
+                    status, last_check = old.status, old.last_check
+                else:
+                    status = Status.UNKNOWN if registration.check else Status.PASSING
+                    last_check = None
+                new = new_record(
+                    registration,
+                    status=status,
+                    registered_at=old.registered_at if old else now,
+                    updated_at=now,
+                    openapi_sha256=digest,
+                    last_check=last_check,
+                )
+                try:
+                    await self._write(entry, new, new_document)
+                except Conflict as exc:
+                    await self._caught_up(exc.revision)  # see what won, then try on it
+                    continue
+                if self._write_logs.spend():
+                    event = "service_registered" if old is None else "service_updated"
+                    log.info(event, service_id=record_id, name=new.name)
+                return self._entries[record_id].record, True
+            raise StoreError(f"{record_id}: other masters kept writing it; retry")
         finally:
-            self._release(registration.id)
+            self._release(record_id)
 
     async def delete(self, record_id: str, *, event: str = "service_deregistered") -> Record | None:
         """Remove a service; returns what was removed, or None if it was not registered."""
@@ -318,14 +351,22 @@ class Registry:
         if turn is not None:
             await self._wait_turn(record_id, turn)
         try:
-            old = self._records.get(record_id)
-            if old is None:
-                return None
-            revision = await self._store.delete(record_id, drop=self._orphaned(old, None))
-            self._install(old, None, None)
-            self._bump(revision)
-            log.info(event, service_id=record_id, name=old.name)
-            return old
+            for _ in range(CONFLICT_RETRIES):
+                entry = self._entries.get(record_id)
+                if entry is None:
+                    return None
+                old = entry.record
+                try:
+                    revision = await self._store.delete(
+                        record_id, drop=self._orphaned(old, None), expected=entry.modified
+                    )
+                except Conflict as exc:
+                    await self._caught_up(exc.revision)
+                    continue
+                await self._caught_up(revision)
+                log.info(event, service_id=record_id, name=old.name)
+                return old
+            raise StoreError(f"{record_id}: other masters kept writing it; retry")
         finally:
             self._release(record_id)
 
@@ -336,20 +377,25 @@ class Registry:
 
         A changed status is made durable and moves the index; a result that only confirms
         the status is kept in memory and wakes nobody. A result for a check url the service
-        no longer has (re-registered while the probe ran) is dropped.
+        no longer has (re-registered while the probe ran, here or at another master) is
+        dropped.
         """
         turn = self._claim(record_id)
         if turn is not None:
             await self._wait_turn(record_id, turn)
         try:
-            old = self._records.get(record_id)
-            if old is None or old.check_url != check_url:
+            entry = self._entries.get(record_id)
+            if entry is None or entry.record.check_url != check_url:
                 return None
+            old = entry.record
             new = msgspec.structs.replace(old, status=status, last_check=result)
             if status == old.status:
-                self._install(old, new, None, notify=False)
+                self._install(entry, new, None, entry.created, entry.modified, notify=False)
                 return new
-            await self._write(old, new, None)
+            try:
+                await self._write(entry, new, None)
+            except Conflict:
+                return None  # changed elsewhere meanwhile: the next check sees what is there
             log.info(
                 "check_status_changed",
                 service_id=record_id,
@@ -357,24 +403,95 @@ class Registry:
                 new=status.value,
                 output=result.output[:200],
             )
-            return new
+            return self._entries[record_id].record
         finally:
             self._release(record_id)
 
+    # --- the feed ----------------------------------------------------------------------
+
+    def _apply(self, change: Change) -> None:
+        """One commit from the store, in revision order: documents first (a record may
+        name one stored in the same commit), then records; then the index moves."""
+        for sha, body in change.documents.items():
+            if body is None:
+                if not self._document_users.get(sha):
+                    self._documents.pop(sha, None)
+            else:
+                self._documents[sha] = Document(sha, body)
+        for record_id, stored in change.records.items():
+            self._apply_record(record_id, stored, change.revision, notify=True)
+        if change.revision > self._index:
+            self._index = change.revision
+            self.wake_all()
+            self._wake_catching_up()
+
+    def _apply_record(
+        self, record_id: str, stored: StoredRecord | None, revision: int, *, notify: bool
+    ) -> None:
+        entry = self._entries.get(record_id)
+        if stored is None:
+            if entry is not None:
+                self._install(entry, None, None, 0, 0, notify=notify)
+            return
+        own = self._own.get(record_id)
+        if own is not None and own[0] == stored.body:
+            record = own[1]  # our own write coming back: no need to decode it again
+        else:
+            try:
+                record = decode_record(stored.body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("store_row_skipped", service_id=record_id, reason=str(exc))
+                return
+            if record.id != record_id:
+                log.warning("store_row_skipped", service_id=record_id, reason="id differs")
+                return
+        created = stored.created or (entry.created if entry is not None else stored.modified)
+        body = _answer(stored.body, created, stored.modified)
+        self._install(entry, record, body, created, stored.modified, notify=notify)
+
+    async def _caught_up(self, revision: int) -> None:
+        """Wait until the feed has applied `revision` (a local store: already has)."""
+        if self._index >= revision:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._catching_up.append((revision, done))
+        try:
+            async with asyncio.timeout(FEED_WAIT_SECONDS):
+                await done
+        except TimeoutError:
+            raise FeedBehind(
+                f"revision {revision} is committed, but this master's view is at "
+                f"{self._index}: the store's change feed is behind"
+            ) from None
+
+    def _wake_catching_up(self) -> None:
+        waiting, self._catching_up = self._catching_up, []
+        for revision, done in waiting:
+            if revision <= self._index:
+                if not done.done():
+                    done.set_result(None)
+            else:
+                self._catching_up.append((revision, done))
+
     # --- internals ---------------------------------------------------------------------
 
-    async def _write(self, old: Record | None, new: Record, document: Document | None) -> bytes:
-        """Make `new` durable, then apply it; returns its JSON (one encoding for the store,
-        the answer and every later listing)."""
+    async def _write(self, entry: _Entry | None, new: Record, document: Document | None) -> None:
+        """Commit `new` (expecting the record where `entry` has it) and wait for the feed
+        to apply it. The JSON is encoded once, for the store and every later answer."""
+        old = entry.record if entry is not None else None
         body = encode(new)
-        revision = await self._store.put(
-            new.id, body, document, drop=self._orphaned(old, new.openapi_sha256)
-        )
-        if document is not None:
-            self._documents[document.sha256] = document
-        self._install(old, new, body)
-        self._bump(revision)
-        return body
+        self._own[new.id] = (body, new)
+        try:
+            revision = await self._store.put(
+                new.id,
+                body,
+                document,
+                drop=self._orphaned(old, new.openapi_sha256),
+                expected=entry.modified if entry is not None else 0,
+            )
+            await self._caught_up(revision)
+        finally:
+            self._own.pop(new.id, None)
 
     def _orphaned(self, old: Record | None, digest: str | None) -> tuple[str, ...]:
         """The document `old` held that nobody holds once it holds `digest` instead."""
@@ -416,19 +533,32 @@ class Registry:
         self._write_logs.close()
 
     def _install(
-        self, old: Record | None, new: Record | None, body: bytes | None, *, notify: bool = True
+        self,
+        entry: _Entry | None,
+        new: Record | None,
+        body: bytes | None,
+        created: int,
+        modified: int,
+        *,
+        notify: bool = True,
     ) -> None:
-        record_id = (new or old).id  # type: ignore[union-attr]
+        old = entry.record if entry is not None else None
         self._version += 1
         self._count_document_users(old, new)
         if old is not None:
             self._unindex(old)
         if new is None:
-            del self._records[record_id]
-            del self._encoded[record_id]
+            del self._entries[old.id]  # type: ignore[union-attr]
         else:
-            self._records[record_id] = new
-            self._encoded[record_id] = body
+            if entry is None:
+                self._entries[new.id] = _Entry(new, body, created, modified)
+            else:
+                entry.record, entry.body, entry.created, entry.modified = (
+                    new,
+                    body,
+                    created,
+                    modified,
+                )
             self._index_record(new)
         if notify:
             for listener in self._listeners:
@@ -462,9 +592,12 @@ class Registry:
                 del self._document_users[old_sha]
                 self._documents.pop(old_sha, None)
 
-    def _bump(self, revision: int) -> None:
-        self._index = max(self._index, revision)
-        self.wake_all()
+
+def _answer(stored: bytes, created: int, modified: int) -> bytes:
+    """A record's JSON as answered: as stored, with the revisions that created it and last
+    changed it (Consul's CreateIndex and ModifyIndex), which the stored bytes cannot hold
+    (a commit's revision is known only once committed)."""
+    return b'%s,"create_index":%d,"modify_index":%d}' % (stored[:-1], created, modified)
 
 
 def _discard(index: dict[str, set[str]], key: str, record_id: str) -> None:

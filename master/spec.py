@@ -100,6 +100,15 @@ def _model_schemas() -> dict[str, Any]:
 
 
 MODEL_SCHEMAS: Final = _model_schemas()
+MODEL_SCHEMAS["Record"]["properties"].update(
+    create_index={"type": "integer", "description": "the revision that created the record"},
+    modify_index={"type": "integer", "description": "the revision that last changed it"},
+)
+MODEL_SCHEMAS["Record"]["required"] = [
+    *MODEL_SCHEMAS["Record"].get("required", []),
+    "create_index",
+    "modify_index",
+]
 MODEL_SCHEMAS["Record"]["properties"]["openapi"] = {
     "description": "only with ?openapi=true",
     "anyOf": [{"$ref": "#/components/schemas/OpenAPIDocument"}, {"type": "null"}],

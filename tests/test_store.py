@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from master.model import Document
 from master.registry import Registry
 from master.store import Store, StoreError, open_store_url
-from master.store.base import Snapshot
+from master.store.base import Change, Conflict, Snapshot
 from master.store.sqlite import SCHEMA_V2, SCHEMA_VERSION, SQLiteStore
 
 
@@ -46,7 +46,7 @@ def put(store: Store, record_id: str, record: dict[str, Any]) -> Any:
 
 
 def records(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
-    return {record_id: json.loads(data) for record_id, data in snapshot.records.items()}
+    return {record_id: json.loads(stored.body) for record_id, stored in snapshot.records.items()}
 
 
 class Harness:
@@ -417,3 +417,39 @@ async def test_version_1_file_is_upgraded_with_its_documents_moved(tmp_path: Pat
         assert json.loads(registry.with_document(record))["openapi"] == document
     await store.close()
     assert execute(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_the_feed_carries_every_commit_in_revision_order(harness: Harness) -> None:
+    seen: list[Change] = []
+    harness.store.subscribe(seen.append)
+    document = Document.of(b'{"openapi":"3.1.0"}')
+    first = await harness.store.put("svc-1", b'{"n":1}', document)
+    second = await harness.store.put("svc-1", b'{"n":2}', drop=[document.sha256])
+    third = await harness.store.delete("svc-1")
+    assert [change.revision for change in seen] == [first, second, third]
+    assert seen[0].records["svc-1"].body == b'{"n":1}'  # type: ignore[union-attr]
+    assert seen[0].documents == {document.sha256: document.body}
+    assert seen[1].records["svc-1"].modified == second  # type: ignore[union-attr]
+    assert seen[1].documents == {document.sha256: None}
+    assert seen[2].records == {"svc-1": None}
+
+
+async def test_created_and_modified_revisions_are_kept(harness: Harness) -> None:
+    created = await put(harness.store, "svc-1", body(1))
+    modified = await put(harness.store, "svc-1", body(1, status="critical"))
+    if harness.url != "memory://":
+        await harness.store.close()
+        harness.store = open_store_url(harness.url)
+    stored = (await harness.store.open()).records["svc-1"]
+    assert (stored.created, stored.modified) == (created, modified)
+
+
+async def test_a_write_expecting_another_revision_is_refused() -> None:
+    store = open_store_url("memory://")
+    await store.open()
+    revision = await store.put("svc-1", b"{}", expected=0)
+    with pytest.raises(Conflict):
+        await store.put("svc-1", b"{}", expected=0)  # not absent any more
+    with pytest.raises(Conflict):
+        await store.delete("svc-1", expected=revision + 5)
+    assert await store.put("svc-1", b"{}", expected=revision) > revision

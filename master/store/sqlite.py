@@ -24,23 +24,29 @@ from urllib.parse import urlsplit
 import structlog
 
 from master.model import Document, FieldError, canonical_document, encode, loads_json
-from master.store.base import Snapshot, Store, StoreError
+from master.store.base import Change, Snapshot, Store, StoredRecord, StoreError
 
 log = structlog.get_logger("master.store.sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000  # another process reading the file (a backup, the sqlite3 shell)
 URL_FORM = "sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH"
 # Version 2 keeps each OpenAPI document once (by sha256) and persists the revision, so the
-# registry index never starts again at 1. Version 1 files are upgraded in place at open.
+# registry index never starts again at 1; version 3 also keeps the revision that created
+# each record. Older files are upgraded in place at open.
 SCHEMA_V2 = (
     "CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, body BLOB NOT NULL, "
-    "revision INTEGER NOT NULL DEFAULT 0)",
+    "revision INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS documents (sha256 TEXT PRIMARY KEY, body BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 
-_UPSERT = "INSERT OR REPLACE INTO services (id, body, revision) VALUES (?, ?, ?)"
+# A new row is created at its revision; an existing one keeps the revision that created it.
+_UPSERT = (
+    "INSERT INTO services (id, body, revision, created) VALUES (?1, ?2, ?3, ?3) "
+    "ON CONFLICT (id) DO UPDATE SET body = excluded.body, revision = excluded.revision"
+)
+_CREATED_COLUMN = "created INTEGER NOT NULL DEFAULT 0"
 _PUT_DOCUMENT = "INSERT OR REPLACE INTO documents (sha256, body) VALUES (?, ?)"
 _DROP_DOCUMENT = "DELETE FROM documents WHERE sha256 = ?"
 
@@ -55,6 +61,14 @@ class _Write:
     drop: tuple[str, ...]
     revision: int
     done: asyncio.Future[int]
+
+    def change(self) -> Change:
+        documents: dict[str, bytes | None] = dict.fromkeys(self.drop)
+        if self.document is not None:
+            documents[self.document.sha256] = self.document.body
+        # created 0: as the registry knows it (the revision, for a record new to it)
+        record = None if self.body is None else StoredRecord(self.body, 0, self.revision)
+        return Change(self.revision, {self.record_id: record}, documents)
 
 
 class SQLiteStore(Store):
@@ -99,10 +113,16 @@ class SQLiteStore(Store):
         document: Document | None = None,
         *,
         drop: Iterable[str] = (),
+        expected: int | None = None,
     ) -> int:
+        # `expected` needs no check here: one master writes a file (the others are refused
+        # at start), and the registry takes one write at a time per id, so its view is
+        # always the file's.
         return await self._submit(record_id, bytes(record), document, tuple(drop))
 
-    async def delete(self, record_id: str, *, drop: Iterable[str] = ()) -> int:
+    async def delete(
+        self, record_id: str, *, drop: Iterable[str] = (), expected: int | None = None
+    ) -> int:
         return await self._submit(record_id, None, None, tuple(drop))
 
     async def close(self) -> None:
@@ -150,6 +170,8 @@ class SQLiteStore(Store):
                 continue
             self.commits += 1
             self.writes += len(batch)
+            for write in batch:  # the feed first, in commit order; then the writers
+                self._emit(write.change())
             for write in batch:
                 if not write.done.done():
                     write.done.set_result(write.revision)
@@ -187,18 +209,26 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 if version == 1:
                     _upgrade_from_v1(conn)
+                elif version == 2:
+                    conn.execute(
+                        "ALTER TABLE services ADD COLUMN created INTEGER NOT NULL DEFAULT 0"
+                    )
+                    conn.execute("UPDATE services SET created = revision")
                 for statement in SCHEMA_V2:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             row = conn.execute("SELECT value FROM state WHERE key = 'revision'").fetchone()
-            records = dict(conn.execute("SELECT id, body FROM services").fetchall())
+            rows = conn.execute("SELECT id, body, created, revision FROM services").fetchall()
             documents = dict(conn.execute("SELECT sha256, body FROM documents").fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         return Snapshot(
             revision=row[0] if row else 0,
-            records={k: _bytes(v) for k, v in records.items()},
+            records={
+                key: StoredRecord(_bytes(body), created or modified, modified)
+                for key, body, created, modified in rows
+            },
             documents={k: _bytes(v) for k, v in documents.items()},
         )
 
@@ -266,8 +296,8 @@ def _upgrade_from_v1(conn: sqlite3.Connection) -> None:
                 body["openapi_sha256"] = stored.sha256
             text = encode(body)
         conn.execute(
-            "INSERT INTO services (id, body, revision) VALUES (?, ?, ?)",
-            (record_id, text if isinstance(text, bytes) else text.encode(), revision),
+            "INSERT INTO services (id, body, revision, created) VALUES (?, ?, ?, ?)",
+            (record_id, text if isinstance(text, bytes) else text.encode(), revision, revision),
         )
     conn.execute("INSERT INTO state (key, value) VALUES ('revision', ?)", (len(rows),))
     conn.execute("DROP TABLE services_v1")
