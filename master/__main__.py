@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     from master.app import build_app
 
-    app = build_app(store, auth, check_concurrency=config.check_concurrency)
+    app = build_app(
+        store,
+        auth,
+        check_concurrency=config.check_concurrency,
+        member_ttl=config.member_ttl,
+        address=config.listen,
+    )
     return daemon.run(serve(app, config))
 
 

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from master.auth import Auth
+from master.cluster import Ownership
 from master.errors import (
     ApiError,
     BadRequest,
@@ -34,7 +35,7 @@ from master.model import (
     parse_duration,
 )
 from master.registry import Registry
-from master.store.base import StoreError
+from master.store.base import Store, StoreError
 
 log = structlog.get_logger("master.api")
 
@@ -43,9 +44,12 @@ BODY_MAX_WITH_OPENAPI: Final = 8 << 20
 WAIT_DEFAULT: Final = 300.0
 WAIT_MAX: Final = 300.0
 INDEX_HEADER: Final = "X-Picoapi-Index"
+STALE_HEADER: Final = "X-Picoapi-Stale"  # seconds the store has been out of reach
 JSON: Final = "application/json"
 
 REGISTRY: Final = web.AppKey("registry", Registry)
+STORE: Final = web.AppKey("store", Store)
+OWNERSHIP: Final = web.AppKey("ownership", Ownership)
 METRICS: Final = web.AppKey("metrics", Metrics)
 AUTH: Final = web.AppKey("auth", Auth)
 
@@ -95,6 +99,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         response = _error_answer(request, exc)
     if not response.prepared:  # a streamed answer stamped its header before it began
         response.headers[INDEX_HEADER] = str(app[REGISTRY].index)
+        stale = app[STORE].stale_for()
+        if stale is not None:  # the store is out of reach: this view may be behind
+            response.headers[STALE_HEADER] = f"{stale:.1f}"
     app[METRICS].observe_request(request, response.status, time.perf_counter() - started)
     return response
 
@@ -303,8 +310,22 @@ async def list_tags(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    return json_response({"status": "ok", "services": len(registry), "index": registry.index})
+    """Liveness, always 200 while the master runs; says when the store is out of reach
+    (reads are then answered from memory, writes refused). `?ready` answers 503 then,
+    for a readiness probe."""
+    registry, store = request.app[REGISTRY], request.app[STORE]
+    stale = store.stale_for()
+    body: dict[str, Any] = {
+        "status": "ok" if stale is None else "degraded",
+        "services": len(registry),
+        "index": registry.index,
+        "store": {"url": store.describe(), "reachable": stale is None},
+        "cluster": request.app[OWNERSHIP].describe(),
+    }
+    if stale is not None:
+        body["store"].update(unreachable_for_s=round(stale, 1), error=store.last_error)
+    ready = "ready" in request.query
+    return json_response(body, 503 if ready and stale is not None else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

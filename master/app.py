@@ -16,26 +16,45 @@ from prometheus_client.core import GaugeMetricFamily
 
 from master import api, compat, consul, dashboard, spec
 from master.auth import Auth
+from master.cluster import DEFAULT_MEMBER_TTL, Membership, Ownership, Solo
 from master.health import HealthScheduler
 from master.metrics import Metrics, gauge
 from master.registry import Registry
 from master.store.base import Store
+from master.store.etcd import EtcdStore
 
 log = structlog.get_logger("master.app")
 
 SCHEDULER: Final = web.AppKey("scheduler", HealthScheduler)
 
 
-def build_app(store: Store, auth: Auth, *, check_concurrency: int = 512) -> web.Application:
+def build_app(
+    store: Store,
+    auth: Auth,
+    *,
+    check_concurrency: int = 512,
+    member_ttl: float = DEFAULT_MEMBER_TTL,
+    address: str = "",
+) -> web.Application:
     app = web.Application(
         middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
     )
     registry = Registry(store)
     metrics = Metrics()
+    # Several masters on one etcd share the checks; on a local store this one does all.
+    ownership: Ownership = (
+        Membership(store, ttl=member_ttl, address=address)
+        if isinstance(store, EtcdStore)
+        else Solo()
+    )
     app[api.REGISTRY] = registry
     app[api.METRICS] = metrics
     app[api.AUTH] = auth
-    app[SCHEDULER] = HealthScheduler(registry, metrics, concurrency=check_concurrency)
+    app[api.STORE] = store
+    app[api.OWNERSHIP] = ownership
+    app[SCHEDULER] = HealthScheduler(
+        registry, metrics, concurrency=check_concurrency, ownership=ownership
+    )
     metrics.add_figures(partial(registry_figures, registry))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -47,12 +66,16 @@ def build_app(store: Store, auth: Auth, *, check_concurrency: int = 512) -> web.
             index=registry.index,
             **store.log_fields(),
         )
+        if isinstance(store, EtcdStore):
+            store.follow_documents(registry.document_users)
         scheduler = app[SCHEDULER]
+        await ownership.start()
         await scheduler.start()
         try:
             yield
         finally:
             await scheduler.stop()
+            await ownership.stop()
             registry.close()
             await store.close()
             log.info("store_closed", store=store.describe())

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from master.model import FieldError, check_int, check_text
+from master.cluster import DEFAULT_MEMBER_TTL
+from master.model import Duration, FieldError, check_int, check_text, format_duration
 from master.shared.daemon import package_version
 from master.shared.tokens import TokenFileError, read_tokens
 from master.shared.yamlfile import (
@@ -27,6 +28,14 @@ from master.shared.yamlfile import (
     load_document,
 )
 from master.store import STORES
+
+
+class MemberTTL(Duration):
+    """The membership lease: etcd's minimum is about 2 s with its default timings."""
+
+    __slots__ = ()
+    low, high, bounds = 2.0, 300.0, "2s..5m"
+
 
 DEFAULT_LISTEN: Final = ("0.0.0.0", 9500)
 DEFAULT_STORE: Final = "sqlite:///./picoapi-data/registry.db"
@@ -45,6 +54,7 @@ class MasterConfig:
     read_token_file: Path | None = None  # when set, reads need a read or a write token
     log_format: str | None = None  # json | console | None: console on a TTY, else json
     check_concurrency: int = DEFAULT_CHECK_CONCURRENCY
+    member_ttl: float = DEFAULT_MEMBER_TTL
     config_file: Path | None = None
 
     @property
@@ -82,6 +92,10 @@ def _check_log_format(value: object, field: str, base: Path) -> str | None:
     if value not in LOG_FORMATS:
         raise FieldError(field, f"must be json, console or auto, got {value!r}")
     return None if value == "auto" else str(value)
+
+
+def _check_member_ttl(value: object, field: str, base: Path) -> float:
+    return float(MemberTTL.parse(value, field))
 
 
 def _check_concurrency(value: object, field: str, base: Path) -> int:
@@ -132,6 +146,13 @@ OPTIONS: Final = (
         "json|console",
         "log format (default: console on a TTY, else json)",
         _check_log_format,
+    ),
+    Option(
+        "member_ttl",
+        "DURATION",
+        "etcd only: how long a master's share of the checks waits for it after it dies "
+        f"(its membership lease; default {format_duration(DEFAULT_MEMBER_TTL)})",
+        _check_member_ttl,
     ),
     Option(
         "check_concurrency",

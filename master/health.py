@@ -22,6 +22,7 @@ from typing import Final
 import aiohttp
 import structlog
 
+from master.cluster import Ownership, Solo
 from master.metrics import Metrics
 from master.model import CheckResult, CheckSpec, Record, Status
 from master.registry import Registry
@@ -36,6 +37,7 @@ KEEPALIVE_SECONDS: Final = 15.0
 DNS_CACHE_SECONDS: Final = 30
 USER_AGENT: Final = "picoapi-master-health-check"
 LAG_SAMPLES: Final = 10_000  # about 10 s of lags at 1,000 checks/s
+FIRST_CHECK_WITHIN: Final = 1.0  # a new service or check url: checked this soon
 
 ClientSessionFactory = Callable[[], aiohttp.ClientSession]
 
@@ -134,8 +136,11 @@ class HealthScheduler:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         session_factory: ClientSessionFactory | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self._registry = registry
+        self._ownership: Ownership = ownership or Solo()
+        self._ownership.add_listener(self._rebalance)
         self._metrics = metrics
         self._session_factory = session_factory or partial(_default_session, concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -160,7 +165,7 @@ class HealthScheduler:
         self._session = self._session_factory()
         self._running = True
         for record in self._registry.records():
-            self._on_change(None, record)
+            self._schedule(record, soon=False)  # spread over an interval: a start of many
         self._loop_task = asyncio.create_task(self._run(), name="health-scheduler")
         log.info("health_scheduler_started", services=len(self._entries))
 
@@ -189,13 +194,38 @@ class HealthScheduler:
 
     def _on_change(self, old: Record | None, new: Record | None) -> None:
         """The registry listener: synchronous, so it only edits the schedule."""
-        record = new or old
-        if not self._running or record is None:
+        if not self._running:
             return  # stopped: the registry has no way to remove a listener
-        service_id = record.id
-        spec = new.check if new is not None else None
+        if new is None:
+            if old is not None:
+                self._entries.pop(old.id, None)
+            return
+        self._schedule(new, soon=True)
+
+    def _rebalance(self) -> None:
+        """The share moved (a master came or went): take up what is ours now, at once,
+        and let go of what is not."""
+        if not self._running:
+            return
+        taken = dropped = 0
+        for record in self._registry.records():
+            mine = record.check is not None and self._ownership.owns(record.id)
+            if mine and record.id not in self._entries:
+                self._schedule(record, soon=True)
+                taken += 1
+            elif not mine and self._entries.pop(record.id, None) is not None:
+                dropped += 1
+        if taken or dropped:
+            log.info("checks_rebalanced", taken=taken, dropped=dropped, checking=len(self._entries))
+
+    def _schedule(self, new: Record, *, soon: bool) -> None:
+        """Put `new`'s check on the schedule (or take it off): a new service, or a new url,
+        is checked within about a second (`soon`); at start, the first checks spread over
+        one interval, so a master with thousands of services does not fire them at once."""
+        service_id = new.id
+        spec = new.check
         entry = self._entries.get(service_id)
-        if new is None or spec is None:
+        if spec is None or not self._ownership.owns(service_id):
             self._entries.pop(service_id, None)
             return
         if entry is not None and entry.spec == spec:
@@ -210,14 +240,15 @@ class HealthScheduler:
                 critical_since=now if new.status is Status.CRITICAL else None,
                 spec=spec,
             )
+            spread = min(FIRST_CHECK_WITHIN, spec.interval) if soon else spec.interval
         else:
             entry.spec = spec
             entry.failures_before_critical = spec.failures_before_critical
             entry.successes_before_passing = spec.successes_before_passing
+            spread = spec.interval
         self._generation += 1
         entry.generation = self._generation
-        # Jitter over one interval, so services registered together do not fire together.
-        due = now + random.random() * spec.interval
+        due = now + random.random() * spread
         heapq.heappush(self._heap, (due, entry.generation, service_id))
         if self._waker is not None and due < self._wake_at:
             _resolve(self._waker)

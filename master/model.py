@@ -587,11 +587,13 @@ class ServiceList(Struct, frozen=True):
 
 
 class Health(Struct, frozen=True):
-    """The answer of `GET /healthz`."""
+    """The answer of `GET /healthz`: "degraded" while the store is out of reach."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     services: int
     index: int
+    store: dict[str, Any]
+    cluster: dict[str, Any]
 
 
 class ErrorDetail(Struct, frozen=True, omit_defaults=True):

@@ -312,6 +312,8 @@ class Registry:
                         new_document = openapi
                 elif openapi is KEEP:
                     digest = old.openapi_sha256 if old else None
+                    if digest is not None and digest not in self._documents:
+                        digest = None  # gone meanwhile (a race of masters): say so honestly
                 else:
                     digest = None
                 unchanged = old is not None and old.same_registration(registration)
@@ -412,6 +414,8 @@ class Registry:
     def _apply(self, change: Change) -> None:
         """One commit from the store, in revision order: documents first (a record may
         name one stored in the same commit), then records; then the index moves."""
+        if change.whole:
+            self._forget_all_but(change)
         for sha, body in change.documents.items():
             if body is None:
                 if not self._document_users.get(sha):
@@ -449,6 +453,18 @@ class Registry:
         body = _answer(stored.body, created, stored.modified)
         self._install(entry, record, body, created, stored.modified, notify=notify)
 
+    def _forget_all_but(self, change: Change) -> None:
+        """A reload: what the store no longer holds is removed (with the listeners told)."""
+        for record_id in [i for i in self._entries if i not in change.records]:
+            self._install(self._entries[record_id], None, None, 0, 0)
+        for sha in [s for s in self._documents if s not in change.documents]:
+            if not self._document_users.get(sha):
+                del self._documents[sha]
+
+    def document_users(self) -> dict[str, int]:
+        """How many records name each document (for a store's sweep of unused ones)."""
+        return dict(self._document_users)
+
     async def _caught_up(self, revision: int) -> None:
         """Wait until the feed has applied `revision` (a local store: already has)."""
         if self._index >= revision:
@@ -482,12 +498,14 @@ class Registry:
         body = encode(new)
         self._own[new.id] = (body, new)
         try:
+            names = new.openapi_sha256 if document is None else None
             revision = await self._store.put(
                 new.id,
                 body,
                 document,
                 drop=self._orphaned(old, new.openapi_sha256),
                 expected=entry.modified if entry is not None else 0,
+                names=names,
             )
             await self._caught_up(revision)
         finally:

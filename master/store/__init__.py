@@ -22,9 +22,16 @@ def _sqlite(url: str) -> Store:
     return SQLiteStore.from_url(url)
 
 
+def _etcd(url: str) -> Store:
+    from master.store.etcd import EtcdStore
+
+    return EtcdStore.from_url(url)
+
+
 STORES: dict[str, Callable[[str], Store]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "etcd": _etcd,
 }
 
 

@@ -68,6 +68,7 @@ class Change:
     revision: int
     records: Mapping[str, StoredRecord | None] = field(default_factory=dict)
     documents: Mapping[str, bytes | None] = field(default_factory=dict)
+    whole: bool = False  # everything there is (after a reload): what it lacks is gone
 
 
 Feed = Callable[[Change], None]
@@ -78,6 +79,7 @@ class Store(abc.ABC):
     """A durable map from service id to record JSON, and from sha256 to document."""
 
     feed: Feed | None = None
+    last_error: str | None = None  # why the store was last out of reach
 
     def subscribe(self, feed: Feed) -> None:
         """Changes after the snapshot `open` returned go to `feed`, in revision order."""
@@ -96,11 +98,13 @@ class Store(abc.ABC):
         *,
         drop: Iterable[str] = (),
         expected: int | None = None,
+        names: str | None = None,
     ) -> int:
         """Store `record` under `record_id`, with `document` if it is new, and remove the
         documents in `drop` (no record names them any more), in one commit; returns its
         revision once durable. With `expected` (the record's last revision, 0 for absent),
-        raise Conflict instead if the record is elsewhere."""
+        raise Conflict instead if the record is elsewhere; with `names` (the document the
+        record names but does not bring), also if that document is gone."""
 
     @abc.abstractmethod
     async def delete(
@@ -116,6 +120,10 @@ class Store(abc.ABC):
     def describe(self) -> str:
         """A short text for logs and /healthz, e.g. `sqlite:///data/registry.db`."""
         return type(self).__name__
+
+    def stale_for(self) -> float | None:
+        """Seconds the store has been out of reach (the view may be behind), else None."""
+        return None
 
     def log_fields(self) -> dict[str, Any]:
         """What the start-up log says of where the data is (the resolved path of a file)."""

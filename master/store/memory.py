@@ -25,6 +25,7 @@ class MemoryStore(Store):
         *,
         drop: Iterable[str] = (),
         expected: int | None = None,
+        names: str | None = None,
     ) -> int:
         old = self._check(record_id, expected)
         self._revision += 1

@@ -114,6 +114,7 @@ class SQLiteStore(Store):
         *,
         drop: Iterable[str] = (),
         expected: int | None = None,
+        names: str | None = None,
     ) -> int:
         # `expected` needs no check here: one master writes a file (the others are refused
         # at start), and the registry takes one write at a time per id, so its view is
