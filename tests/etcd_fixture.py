@@ -307,6 +307,11 @@ class EtcdCluster:
         return float(match.group(1)) if match else None
 
 
+def store_url(cluster: EtcdCluster, prefix: str = "") -> str:
+    """The master's `--store` for this cluster: etcd://HOST:PORT,HOST:PORT[/PREFIX]."""
+    return "etcd://" + cluster.endpoints.replace("http://", "") + prefix
+
+
 @contextmanager
 def start_etcd_cluster(
     base: Path, size: int = 1, *, progress_interval: float = PROGRESS_INTERVAL

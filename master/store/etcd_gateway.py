@@ -1,27 +1,19 @@
 """A small asyncio client for etcd's v3 JSON gateway (grpc-gateway on the client port).
 
-We speak HTTP/1.1 JSON with the aiohttp client we already ship instead of gRPC: no
-grpcio/protobuf, and the same calls work on etcd 3.4 (Debian 12), 3.5 and 3.6. What the
-gateway does differently from gRPC is handled here, once:
-
-- bytes (key, value, range_end) are base64; int64s (revisions, lease IDs, TTLs) arrive as
-  strings and are left out when zero. The wire types below say so: msgspec decodes
-  base64 into `bytes` and, in lax mode, "123" into `int`, with 0 when absent.
-- error bodies are `{"error", "code", "message"}` up to 3.5 and google.rpc.Status
-  `{"code", "message", "details"}` from 3.6; a streamed error is `{"error": {...}}`
-  with `grpc_code` (3.4/3.5) or `code` (3.6). Messages of a stream are `{"result": ...}`.
-- every request that needs a leader carries `Grpc-Metadata-hasleader: true`: a member
-  that lost quorum then refuses at once ("no leader") instead of holding the request for
-  its 7 s timeout, and cancels a watch instead of letting it go silently stale
-  (etcd #10819). Status and serializable reads go without it: they work with no leader.
-- a lease keepalive is one POST each (client streaming through the gateway is unreliable,
-  etcd #8237); a watch is one streamed POST, cancelled by closing the connection
-  (the gateway has no cancel_request, etcd #12333).
-
-A write is sent at most once when its outcome is unknown (a timeout after sending, a
-dropped connection, etcd's "request timed out"): repeating a txn whose first attempt was
-applied would report our own success as a failed compare. It moves to the next endpoint
-only when it surely was not applied (no connection, or etcd refused it before proposing).
+HTTP/1.1 JSON with the aiohttp client we ship, not gRPC: no grpcio/protobuf, and the
+same calls work on etcd 3.4 (Debian 12), 3.5 and 3.6. The gateway's ways, handled once:
+- bytes are base64; int64s arrive as strings and are left out when zero: the wire types
+  below say so (msgspec decodes base64 into `bytes` and, lax, "123" into `int`).
+- errors are `{error, code, message}` up to 3.5, google.rpc.Status `{code, message,
+  details}` from 3.6; a stream's are `{"error": {...}}`, its messages `{"result": ...}`.
+- what needs a leader carries `Grpc-Metadata-hasleader: true`: a member that lost quorum
+  refuses it at once ("no leader") instead of holding it for 7 s, and cancels a watch
+  instead of letting it go stale (etcd #10819). Status and serializable reads go without.
+- a keepalive is one POST each (client streaming through the gateway is unreliable, etcd
+  #8237); a watch is one streamed POST, cancelled by closing it (etcd #12333).
+A write whose outcome is unknown (sent, then a timeout or a dropped connection) is not
+sent again: a repeated txn would report our own success as a failed compare. It moves to
+the next endpoint only when surely not applied (no connection; etcd refused to propose).
 """
 
 from __future__ import annotations
@@ -43,6 +35,8 @@ JSON: Final = {"Content-Type": "application/json"}
 # etcd's errors that mean "refused before proposing": safe to send the write elsewhere.
 NOT_APPLIED: Final = ("no leader", "server stopped", "not capable", "too many requests")
 UNAVAILABLE_CODES: Final = (4, 14)  # gRPC DEADLINE_EXCEEDED, UNAVAILABLE
+# 3.4 without hasleader says "context deadline exceeded" with code 2 (UNKNOWN)
+UNAVAILABLE_TEXTS: Final = (*NOT_APPLIED, "timed out", "deadline exceeded")
 # Raised before the request left: no connection was made (the second is aiohttp 3.10+'s
 # connect timeout; before it, a connect timeout is a ServerTimeoutError: outcome unknown).
 _CONNECT_TIMEOUT: type[Exception] = getattr(
@@ -296,6 +290,11 @@ def _decode(kind: type[T], data: bytes) -> T:
 def _error(doc: Any, status: int = 0) -> EtcdError:
     """The exception for an error body of any version: 3.4/3.5 unary `{error, code,
     message}`, 3.6 `{code, message, details}`, or a stream's `{"error": {...}}`."""
+    if isinstance(doc, bytes):
+        try:
+            doc = msgspec.json.decode(doc)
+        except msgspec.DecodeError:
+            doc = doc.decode(errors="replace").strip()
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         doc = doc["error"]
     if not isinstance(doc, dict):
@@ -307,16 +306,9 @@ def _error(doc: Any, status: int = 0) -> EtcdError:
     if "compacted" in message:
         return Compacted(message, code=code)
     refused = any(marker in message for marker in NOT_APPLIED)
-    if refused or code in UNAVAILABLE_CODES or status == 503:
+    if code in UNAVAILABLE_CODES or status == 503 or any(t in message for t in UNAVAILABLE_TEXTS):
         return EtcdUnavailable(message, code=code, refused=refused)
     return EtcdError(message, code=code)
-
-
-def _error_body(data: bytes, status: int) -> EtcdError:
-    try:
-        return _error(msgspec.json.decode(data), status)
-    except msgspec.DecodeError:
-        return _error(data.decode(errors="replace").strip(), status)
 
 
 def _endpoint(url: str) -> str:
@@ -373,7 +365,8 @@ class EtcdClient:
 
     async def open(self) -> EtcdClient:
         """Create the sessions now (else the first request does)."""
-        self._session(write=False), self._session(write=True)
+        self._session(write=False)
+        self._session(write=True)
         return self
 
     async def close(self) -> None:
@@ -492,16 +485,18 @@ class EtcdClient:
     async def status(self, endpoint: str | None = None) -> MemberStatus:
         """One member's view (the current endpoint's, or `endpoint`'s): leader, term,
         revision. Answers without a leader too, with 0 as the leader."""
-        data, answered = await self._post_answered(
+        data = await self._post(
             "/v3/maintenance/status", {}, write=False, leader=False, only=endpoint
         )
+        answered = self.endpoints[self._current]  # no await since: the one that answered
         s = _decode(_StatusAnswer, data)
+        header = s.header
         return MemberStatus(
             answered,
-            s.header.member_id,
+            header.member_id,
             s.leader,
             s.raftTerm,
-            s.header.revision,
+            header.revision,
             s.version,
             tuple(s.errors),
         )
@@ -593,13 +588,12 @@ class EtcdClient:
             )
         return session
 
-    def _rotation(self, only: str | None = None) -> Iterator[int]:
-        if only is not None:
-            yield self.endpoints.index(_endpoint(only))
-            return
-        first = self._current  # read once: another call may move it meanwhile
-        for step in range(len(self.endpoints)):
-            yield (first + step) % len(self.endpoints)
+    def _rotation(self, only: str | None = None) -> Iterator[tuple[int, str]]:
+        """From the endpoint that last answered on, each once (or only `only`)."""
+        n, first = len(self.endpoints), self._current  # read once: others may move it
+        order = [self.endpoints.index(_endpoint(only))] if only else range(first, first + n)
+        for i in order:
+            yield i % n, self.endpoints[i % n]
 
     def _move_from(self, endpoint: str) -> None:
         """The next call should start at another member than this failing one."""
@@ -607,12 +601,6 @@ class EtcdClient:
             self._current = (self._current + 1) % len(self.endpoints)
 
     async def _post(
-        self, path: str, body: dict[str, Any], *, write: bool, leader: bool = True
-    ) -> bytes:
-        data, _ = await self._post_answered(path, body, write=write, leader=leader)
-        return data
-
-    async def _post_answered(
         self,
         path: str,
         body: dict[str, Any],
@@ -620,12 +608,11 @@ class EtcdClient:
         write: bool,
         leader: bool = True,
         only: str | None = None,
-    ) -> tuple[bytes, str]:
-        """POST to each endpoint in turn until one answers; the answer and who gave it."""
+    ) -> bytes:
+        """POST to each endpoint in turn (or `only` to that one) until one answers."""
         session, payload = self._session(write=write), msgspec.json.encode(body)
         headers, reasons = LEADER if leader else None, []
-        for i in self._rotation(only):
-            endpoint = self.endpoints[i]
+        for i, endpoint in self._rotation(only):
             try:
                 async with session.post(
                     endpoint + path, data=payload, headers=headers, timeout=self._timeouts
@@ -644,8 +631,8 @@ class EtcdClient:
                 continue
             if status == 200:
                 self._current = i
-                return data, endpoint
-            error = _error_body(data, status)
+                return data
+            error = _error(data, status)
             if isinstance(error, EtcdUnavailable):
                 if not write or error.refused:
                     reasons.append(f"{endpoint}: {error}")
@@ -661,8 +648,7 @@ class EtcdClient:
         """Start a streamed POST on the first endpoint that takes it (it is only a read)."""
         session, payload, reasons = self._session(write=False), msgspec.json.encode(body), []
         stream = aiohttp.ClientTimeout(total=None, sock_connect=self._timeouts.sock_connect)
-        for i in self._rotation():
-            endpoint = self.endpoints[i]
+        for i, endpoint in self._rotation():
             try:
                 async with asyncio.timeout(self.timeout):
                     response = await session.post(
@@ -675,7 +661,7 @@ class EtcdClient:
                 self._current = i
                 return response, endpoint
             async with response:
-                error = _error_body(await response.read(), response.status)
+                error = _error(await response.read(), response.status)
             if not isinstance(error, EtcdUnavailable):
                 raise error
             reasons.append(f"{endpoint}: {error}")
