@@ -579,6 +579,27 @@ async def test_watch_on_a_member_that_lost_quorum_ends_unavailable(
 # -- endpoints -----------------------------------------------------------------------------
 
 
+@bounded(40)
+async def test_a_restarted_member_is_used_again_at_once(etcd: EtcdCluster) -> None:
+    """The member goes down and up between two requests, before the event loop has seen
+    its kept-alive connections close: neither a read nor a write nor a watch fails."""
+    async with EtcdClient(etcd.urls, timeout=3.0) as c:
+        first = await c.put(b"s", b"1")
+        for call in ("range", "keepalive", "put", "watch"):
+            await c.range(b"s")  # a kept-alive connection in the pool
+            etcd.stop_all()
+            etcd.start_all()
+            if call == "range":
+                assert (await c.range(b"s"))[1][0].value == b"1"
+            elif call == "keepalive":
+                assert await c.lease_keepalive(1) == 0
+            elif call == "put":
+                assert await c.put(b"s", b"1") > first
+            else:
+                async with aclosing(c.watch(b"s", None, first)) as stream:
+                    assert flat(await collect(stream, 1))[0].kv.mod_revision == first
+
+
 @bounded(20)
 async def test_a_dead_endpoint_is_skipped(etcd: EtcdCluster) -> None:
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
