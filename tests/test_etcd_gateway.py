@@ -214,9 +214,8 @@ async def test_a_write_whose_answer_is_lost_is_not_sent_again(etcd: EtcdCluster)
     app.router.add_post("/{tail:.*}", never)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         async with EtcdClient([f"http://127.0.0.1:{port}", etcd.urls[0]], timeout=0.5) as c:
             with pytest.raises(EtcdUnavailable) as caught:
