@@ -13,7 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests import etcd_fixture
 from tests.conftest import Master, wait_until
+from tests.etcd_fixture import store_url
+
+etcd = etcd_fixture.etcd  # bound, not imported: no F811 on uses
 
 
 def registration(ident: str = "web-1", **fields: Any) -> dict[str, Any]:
@@ -29,9 +33,19 @@ def registration(ident: str = "web-1", **fields: Any) -> dict[str, Any]:
     return body
 
 
+@pytest.fixture(params=["sqlite", "memory", "etcd"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test of the API against each store: the contract does not depend on it."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    if request.param == "memory":
+        return "memory://"
+    return store_url(request.getfixturevalue("etcd"))
+
+
 @pytest.fixture
-def master(start_master: Any) -> Master:
-    return start_master()
+def master(start_master: Any, store: str) -> Master:
+    return start_master(store=store)
 
 
 def test_register_returns_record_and_lists_it(master: Master) -> None:
@@ -171,8 +185,14 @@ def test_blocking_query_not_woken_by_identical_put(master: Master) -> None:
 # --- durability ------------------------------------------------------------------------
 
 
-def test_every_acknowledged_write_survives_sigkill(start_master: Any, tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path}/durable.db"
+@pytest.mark.parametrize("kind", ["sqlite", "etcd"])
+def test_every_acknowledged_write_survives_sigkill(
+    start_master: Any, tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    if kind == "sqlite":
+        store = f"sqlite:///{tmp_path}/durable.db"
+    else:
+        store = store_url(request.getfixturevalue("etcd"))
     master = start_master(store=store)
 
     async def register_many() -> list[str]:

@@ -59,6 +59,8 @@ REQUEST_TIMEOUT: Final = 5.0
 WATCH_IDLE: Final = 60.0  # a silent watch is restarted (a cut network is not a quiet one)
 RETRY_FIRST: Final = 0.2
 RETRY_CAP: Final = 5.0
+ELECTION_WAIT: Final = 3.0  # a write rides through a leader election this long
+WRITE_ATTEMPTS: Final = 4  # ...in at most this many tries (one may time out on a dead member)
 SWEEP_SECONDS: Final = 60.0  # how often unreferenced documents are looked for
 SWEEP_GRACE: Final = 30.0  # unreferenced this long in our view before it may go
 
@@ -328,13 +330,25 @@ class EtcdStore(Store):
     async def _commit(
         self, record_id: str, expected: int | None, compare: list[Compare], success: list[Op]
     ) -> int:
-        try:
-            result = await self.client.txn(compare, success)
-        except EtcdUnavailable as exc:
-            self.restart_watch()
-            raise StoreError(f"{self.url}: {exc}") from exc
-        except EtcdError as exc:
-            raise StoreError(f"{self.url}: {exc}") from exc
+        """One txn. Through a leader election (a member lost, about a second) it is tried
+        again for up to ELECTION_WAIT: a txn whose first try did land then fails its own
+        compare, and the registry, catching up, finds the record as it wanted it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ELECTION_WAIT
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                result = await self.client.txn(compare, success)
+                break
+            except EtcdUnavailable as exc:
+                retry = expected is not None and attempt < WRITE_ATTEMPTS
+                if not retry or (attempt > 1 and loop.time() > deadline):
+                    self.restart_watch()
+                    raise StoreError(f"{self.url}: {exc}") from exc
+                await asyncio.sleep(RETRY_FIRST * attempt)
+            except EtcdError as exc:
+                raise StoreError(f"{self.url}: {exc}") from exc
+        else:  # pragma: no cover - the loop either breaks or raises
+            raise StoreError(f"{self.url}: no attempt left")
         if not result.succeeded:
             raise Conflict(record_id, expected or 0, result.revision)
         return result.revision
