@@ -121,6 +121,14 @@ Tags = Annotated[tuple[Tag, ...], Meta(max_length=TAGS_MAX, extra={"noun": "tags
 MetaKey = Annotated[str, _text(META_KEY_MAX)]
 MetaValue = Annotated[str, _text(META_VALUE_MAX, min_length=0)]
 MetaMap = Annotated[dict[MetaKey, MetaValue], Meta(max_length=META_KEYS_MAX)]
+Instance = Annotated[
+    str,
+    _text(
+        ADDRESS_MAX,
+        description="who holds the id (a sidecar sends <hostname>:<its port>); a PUT from "
+        "another holder is refused with 409 id_conflict while the record is not critical",
+    ),
+]
 Url = Annotated[
     str, _text(URL_MAX, min_length=9, rule="url", description="an http:// or https:// URL")
 ]
@@ -360,6 +368,7 @@ class Registration(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     tags: Tags = ()
     meta: MetaMap = {}
     check: CheckSpec | None = None
+    instance: Instance | None = None  # absent: the stored holder stays
 
     def __post_init__(self) -> None:
         check_texts(self)
@@ -379,11 +388,13 @@ REGISTRATION_FIELDS: Final = Registration.__struct_fields__
 def check_texts(registration: Registration) -> None:
     """The printable rule over the free-text fields, in one pass on the happy path."""
     meta = registration.meta
-    joined = "".join((registration.address, *registration.tags, *meta, *meta.values()))
+    instance = registration.instance or ""
+    joined = "".join((registration.address, instance, *registration.tags, *meta, *meta.values()))
     if joined.isprintable():
         return
     try:
         check_printable(registration.address, "address")
+        check_printable(instance, "instance")
         for i, tag in enumerate(registration.tags):
             check_printable(tag, f"tags[{i}]")
         for key, item in meta.items():
@@ -575,6 +586,7 @@ def new_record(registration: Registration, **health: Any) -> Record:
         tags=r.tags,
         meta=r.meta,
         check=r.check,
+        instance=r.instance,
         **health,
     )
 
