@@ -19,6 +19,7 @@ from master.cluster import Ownership
 from master.errors import (
     ApiError,
     BadRequest,
+    Conflict,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -29,12 +30,14 @@ from master.metrics import Metrics
 from master.model import (
     Document,
     FieldError,
+    Instance,
     Status,
+    convert,
     decode_registration,
     encode,
     parse_duration,
 )
-from master.registry import Registry
+from master.registry import IdHeld, Registry
 from master.store.base import Store, StoreError
 
 log = structlog.get_logger("master.api")
@@ -115,6 +118,8 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         return error_response(exc)
     if isinstance(exc, FieldError):
         return error_response(ApiError.from_field_error(exc))
+    if isinstance(exc, IdHeld):
+        return error_response(Conflict(str(exc), field="id"))
     if isinstance(exc, StoreError):
         request.app[METRICS].store_errors.inc()
         log.error("store_write_failed", path=request.path, reason=str(exc))
@@ -198,7 +203,10 @@ async def put_service(request: web.Request) -> web.Response:
 
 async def delete_service(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    removed = await registry.delete(_record_id(request))
+    instance = request.query.get("instance")
+    if instance is not None:
+        instance = convert(instance, Instance, "instance")
+    removed = await registry.delete(_record_id(request), instance=instance)
     if removed is None:
         raise NotFound(f"no service with id {_record_id(request)!r}")
     return raw_json_response(encode(removed))

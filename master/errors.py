@@ -53,6 +53,11 @@ class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
 
 
+class Conflict(ApiError):
+    status = 409
+    code = "id_conflict"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "body_too_large"

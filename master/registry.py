@@ -57,6 +57,19 @@ CONFLICT_RETRIES: Final = 5  # another master won the record this often in a row
 FEED_WAIT_SECONDS: Final = 10.0  # a commit not back through the feed by then: 503
 
 
+class IdHeld(Exception):
+    """The id is held by another instance that is not critical: the holder keeps it."""
+
+    def __init__(self, record_id: str, holder: str, caller: str | None) -> None:
+        by = f" by {caller!r}" if caller else ""
+        super().__init__(
+            f"{record_id!r} is held by {holder!r}, which is not critical; refused{by} "
+            "(a takeover is allowed once the holder is critical)"
+        )
+        self.record_id = record_id
+        self.holder = holder
+
+
 class FeedBehind(StoreError):
     """Committed, but this master's view has not caught up with it yet (answered 503:
     the same PUT again is then a no-op, or it is applied by the time it arrives)."""
@@ -305,6 +318,7 @@ class Registry:
             for _ in range(CONFLICT_RETRIES):
                 entry = self._entries.get(record_id)
                 old = entry.record if entry is not None else None
+                registration = self._held(old, registration)
                 new_document: Document | None = None
                 if isinstance(openapi, Document):
                     digest: str | None = openapi.sha256
@@ -347,8 +361,15 @@ class Registry:
         finally:
             self._release(record_id)
 
-    async def delete(self, record_id: str, *, event: str = "service_deregistered") -> Record | None:
-        """Remove a service; returns what was removed, or None if it was not registered."""
+    async def delete(
+        self,
+        record_id: str,
+        *,
+        event: str = "service_deregistered",
+        instance: str | None = None,
+    ) -> Record | None:
+        """Remove a service; returns what was removed, or None if it was not registered.
+        With `instance` (a sidecar leaving), only if that instance holds it."""
         turn = self._claim(record_id)
         if turn is not None:
             await self._wait_turn(record_id, turn)
@@ -358,6 +379,14 @@ class Registry:
                 if entry is None:
                     return None
                 old = entry.record
+                if instance is not None and old.instance and old.instance != instance:
+                    log.warning(
+                        "deregistration_refused",
+                        service_id=record_id,
+                        holder=old.instance,
+                        caller=instance,
+                    )
+                    raise IdHeld(record_id, old.instance, instance)
                 try:
                     revision = await self._store.delete(
                         record_id, drop=self._orphaned(old, None), expected=entry.modified
@@ -408,6 +437,22 @@ class Registry:
             return self._entries[record_id].record
         finally:
             self._release(record_id)
+
+    def _held(self, old: Record | None, registration: Registration) -> Registration:
+        """The ownership rule: who holds an id keeps it while it is not critical. A PUT
+        that names no instance keeps the stored holder (an operator's edit)."""
+        if old is None or not old.instance:
+            return registration
+        caller = registration.instance
+        if caller is None:
+            return msgspec.structs.replace(registration, instance=old.instance)
+        if caller == old.instance:
+            return registration
+        if old.status is not Status.CRITICAL:
+            log.warning("id_conflict", service_id=old.id, holder=old.instance, caller=caller)
+            raise IdHeld(old.id, old.instance, caller)
+        log.info("service_taken_over", service_id=old.id, holder=old.instance, by=caller)
+        return registration
 
     # --- the feed ----------------------------------------------------------------------
 

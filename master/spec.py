@@ -267,6 +267,12 @@ PARAMETERS: Final = {
         "schema": {"type": "array", "items": {"type": "string"}},
     },
     "name": {"name": "name", "in": "query", "schema": {"type": "string"}},
+    "instance": {
+        "name": "instance",
+        "in": "query",
+        "description": "remove only if this instance holds the id (a sidecar leaving)",
+        "schema": {"type": "string", "maxLength": 255},
+    },
     "status": {"name": "status", "in": "query", "schema": STATUS},
     "openapi": {
         "name": "openapi",
@@ -301,6 +307,7 @@ ERROR_ANSWERS: Final = {
         "400": "bad JSON, a bad field or a bad query parameter (`field` names it)",
         "401": "the token is missing or wrong",
         "404": "not found",
+        "409": "the id is held by another instance that is not critical (`id_conflict`)",
         "413": "the body is over the limit",
         "415": "the body is not JSON",
         "503": "the store could not commit the change; retry",
@@ -333,7 +340,10 @@ PATHS: Final[dict[str, Any]] = {
             "tags": ["registry"],
             "security": WRITE,
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("Registration")}}},
-            "responses": {"200": RECORD_ANSWER, **_errors("400", "401", "413", "415", "503")},
+            "responses": {
+                "200": RECORD_ANSWER,
+                **_errors("400", "401", "409", "413", "415", "503"),
+            },
         },
         "get": _get(
             "getService",
@@ -348,9 +358,10 @@ PATHS: Final[dict[str, Any]] = {
             "summary": "Deregister a service",
             "tags": ["registry"],
             "security": WRITE,
+            "parameters": _params("instance"),
             "responses": {
                 "200": _answer("the removed record", _ref("Record")),
-                **_errors("401", "404", "503"),
+                **_errors("400", "401", "404", "409", "503"),
             },
         },
     },

@@ -323,3 +323,20 @@ def test_original_picoapi_body_shows_up(master: Master) -> None:
     assert services[0]["check"]["interval"] == "30s"
     assert master.request("PUT", "/register", body).status == 200  # a restart replaces
     assert len(master.request("GET", "/v1/services").json()["services"]) == 1
+
+
+def test_a_held_id_answers_409_and_a_stranger_cannot_remove_it(master: Master) -> None:
+    assert (
+        master.request("PUT", "/v1/services/web-1", registration(instance="a:9501")).status == 200
+    )
+    refused = master.request("PUT", "/v1/services/web-1", registration(instance="b:9501", port=1))
+    assert refused.status == 409, refused
+    error = refused.json()["error"]
+    assert (error["code"], error["field"]) == ("id_conflict", "id")
+    assert "a:9501" in error["message"]
+    assert master.request("GET", "/v1/services/web-1").json()["port"] == 8080
+    stranger = master.request("DELETE", "/v1/services/web-1?instance=b:9501")
+    assert stranger.status == 409 and stranger.json()["error"]["code"] == "id_conflict"
+    assert master.request("DELETE", "/v1/services/web-1?instance=a:9501").status == 200
+    events = [e for e in master.events() if e.get("event") == "id_conflict"]
+    assert events and events[0]["holder"] == "a:9501" and events[0]["caller"] == "b:9501"

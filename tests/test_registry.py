@@ -19,7 +19,7 @@ from master.model import (
     Status,
     canonical_document,
 )
-from master.registry import Registry
+from master.registry import IdHeld, Registry
 from master.store.memory import MemoryStore
 
 DOC = {"openapi": "3.0.3", "info": {"title": "web", "version": "1"}, "paths": {}}
@@ -191,3 +191,28 @@ async def test_writes_to_one_id_take_turns_and_a_cancelled_one_hands_on(
     assert record.port == 3
     assert second.cancelled()
     assert registry._busy == {}
+
+
+async def test_an_id_is_held_by_its_instance_until_it_is_critical(registry: Registry) -> None:
+    url = "http://10.0.0.5:9501/health"
+    held, _ = await registry.put(registration(check=CheckSpec(url=url), instance="a:9501"), KEEP)
+    index = registry.index
+    with pytest.raises(IdHeld, match="held by 'a:9501'"):
+        await registry.put(registration(port=1, instance="b:9501"), KEEP)
+    assert registry.get("web-1") == held and registry.index == index  # the holder keeps it
+    kept, _ = await registry.put(registration(check=CheckSpec(url=url), port=2), KEEP)
+    assert kept.instance == "a:9501"  # a PUT naming no instance (an operator's) keeps it
+    with pytest.raises(IdHeld):
+        await registry.delete("web-1", instance="b:9501")
+    assert registry.get("web-1") is not None
+    await registry.record_check(
+        "web-1", url, Status.CRITICAL, CheckResult(Status.CRITICAL, "gone", 1.0)
+    )
+    taken, _ = await registry.put(registration(instance="b:9501"), KEEP)  # critical: taken
+    assert taken.instance == "b:9501"
+    assert await registry.delete("web-1", instance="b:9501") is not None
+
+
+async def test_a_deregistration_without_instance_is_an_operators(registry: Registry) -> None:
+    await registry.put(registration(instance="a:9501"), KEEP)
+    assert await registry.delete("web-1") is not None
