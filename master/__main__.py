@@ -17,6 +17,7 @@ from aiohttp import web
 
 from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
+from master.policy import CheckPolicy
 from master.shared import daemon
 from master.shared.daemon import StopSignals, bound_address, listen_socket
 from master.shared.logs import configure_logging
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         check_concurrency=config.check_concurrency,
         member_ttl=config.member_ttl,
         address=config.listen,
+        policy=CheckPolicy(config.check_allow),
     )
     return daemon.run(serve(app, config))
 

@@ -37,6 +37,7 @@ from master.model import (
     encode,
     parse_duration,
 )
+from master.policy import CheckPolicy
 from master.registry import IdHeld, Registry
 from master.store.base import Store, StoreError
 
@@ -53,6 +54,7 @@ JSON: Final = "application/json"
 REGISTRY: Final = web.AppKey("registry", Registry)
 STORE: Final = web.AppKey("store", Store)
 OWNERSHIP: Final = web.AppKey("ownership", Ownership)
+POLICY: Final = web.AppKey("policy", CheckPolicy)
 METRICS: Final = web.AppKey("metrics", Metrics)
 AUTH: Final = web.AppKey("auth", Auth)
 
@@ -196,9 +198,19 @@ async def put_service(request: web.Request) -> web.Response:
     registration, openapi = decode_registration(raw, path_id=_record_id(request))
     if len(raw) > BODY_MAX and not isinstance(openapi, Document):
         raise too_large
+    refuse_check_url(request, registration.check.url if registration.check else None)
     registry = request.app[REGISTRY]
     record, _ = await registry.put(registration, openapi)
     return raw_json_response(registry.encoded(record))
+
+
+def refuse_check_url(request: web.Request, url: str | None, field: str = "check.url") -> None:
+    """400 `check_url_refused` for a check URL outside the check policy (master.policy)."""
+    reason = None if url is None else request.app[POLICY].url_refusal(url)
+    if reason is not None:
+        raise BadRequest(
+            f"the master may not check {url}: {reason}", field=field, code="check_url_refused"
+        )
 
 
 async def delete_service(request: web.Request) -> web.Response:

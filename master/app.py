@@ -19,6 +19,7 @@ from master.auth import Auth
 from master.cluster import DEFAULT_MEMBER_TTL, Membership, Ownership, Solo
 from master.health import HealthScheduler
 from master.metrics import Metrics, gauge
+from master.policy import CheckPolicy
 from master.registry import Registry
 from master.store.base import Store
 from master.store.etcd import EtcdStore
@@ -35,6 +36,7 @@ def build_app(
     check_concurrency: int = 512,
     member_ttl: float = DEFAULT_MEMBER_TTL,
     address: str = "",
+    policy: CheckPolicy | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
@@ -52,8 +54,9 @@ def build_app(
     app[api.AUTH] = auth
     app[api.STORE] = store
     app[api.OWNERSHIP] = ownership
+    app[api.POLICY] = policy = policy or CheckPolicy()
     app[SCHEDULER] = HealthScheduler(
-        registry, metrics, concurrency=check_concurrency, ownership=ownership
+        registry, metrics, concurrency=check_concurrency, ownership=ownership, policy=policy
     )
     metrics.add_figures(partial(registry_figures, registry))
 
@@ -64,8 +67,17 @@ def build_app(
             store=store.describe(),
             services=loaded,
             index=registry.index,
+            check_policy=policy.describe(),
             **store.log_fields(),
         )
+        for side, open_to_all in (("writes", auth.write is None), ("reads", auth.read is None)):
+            if open_to_all:
+                log.warning(
+                    "api_open_to_all",
+                    side=side,
+                    hint=f"anyone who reaches the master may {side[:-1]}: give "
+                    f"--{'token-file' if side == 'writes' else 'read-token-file'}",
+                )
         if isinstance(store, EtcdStore):
             store.follow_documents(registry.document_users)
         scheduler = app[SCHEDULER]

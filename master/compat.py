@@ -30,7 +30,15 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from master.api import AUTH, BODY_MAX, REGISTRY, json_response, raw_json_response, read_body
+from master.api import (
+    AUTH,
+    BODY_MAX,
+    REGISTRY,
+    json_response,
+    raw_json_response,
+    read_body,
+    refuse_check_url,
+)
 from master.errors import BadRequest, PayloadTooLarge, Unauthorized
 from master.model import (
     ADDRESS_MAX,
@@ -188,6 +196,8 @@ async def register(request: web.Request) -> web.Response:
     if len(raw) > BODY_MAX:
         raise PayloadTooLarge("a picoapi registration is limited to 1 MiB")
     registration = parse_picoapi(loads_json(raw))
+    if registration.check is not None:
+        refuse_check_url(request, registration.check.url, field="healthcheck.url")
     registry = request.app[REGISTRY]
     held = registry.get(registration.id)
     if held is not None and picoapi_name(held) != registration.meta[PICOAPI_NAME]:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from master.cluster import DEFAULT_MEMBER_TTL
 from master.model import Duration, FieldError, check_int, check_text, format_duration
+from master.policy import IPNetwork, check_allow_option
 from master.shared.daemon import package_version
 from master.shared.tokens import TokenFileError, read_tokens
 from master.shared.yamlfile import (
@@ -55,6 +56,7 @@ class MasterConfig:
     log_format: str | None = None  # json | console | None: console on a TTY, else json
     check_concurrency: int = DEFAULT_CHECK_CONCURRENCY
     member_ttl: float = DEFAULT_MEMBER_TTL
+    check_allow: tuple[IPNetwork, ...] = ()  # empty: all but link-local and metadata
     config_file: Path | None = None
 
     @property
@@ -96,6 +98,10 @@ def _check_log_format(value: object, field: str, base: Path) -> str | None:
 
 def _check_member_ttl(value: object, field: str, base: Path) -> float:
     return float(MemberTTL.parse(value, field))
+
+
+def _check_allow(value: object, field: str, base: Path) -> tuple[IPNetwork, ...]:
+    return check_allow_option(value, field)
 
 
 def _check_concurrency(value: object, field: str, base: Path) -> int:
@@ -153,6 +159,13 @@ OPTIONS: Final = (
         "etcd only: how long a master's share of the checks waits for it after it dies "
         f"(its membership lease; default {format_duration(DEFAULT_MEMBER_TTL)})",
         _check_member_ttl,
+    ),
+    Option(
+        "check_allow",
+        "CIDR[,CIDR...]",
+        "the only networks the master may health-check (default: all but link-local "
+        "169.254.0.0/16, fe80::/10 and the cloud metadata addresses)",
+        _check_allow,
     ),
     Option(
         "check_concurrency",

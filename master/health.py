@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ import structlog
 from master.cluster import Ownership, Solo
 from master.metrics import Metrics
 from master.model import CheckResult, CheckSpec, Record, Status
+from master.policy import CheckPolicy, PolicyResolver
 from master.registry import Registry
 from master.shared import probe
+from master.shared.logs import Budget
 
 log = structlog.get_logger("master.health")
 
@@ -46,8 +49,9 @@ ClientSessionFactory = Callable[[], aiohttp.ClientSession]
 
 
 async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> CheckResult:
-    """GET `url` once: 2xx passing, 429 warning, anything else (and every failure) critical."""
-    return await probe.probe_http(session, url, timeout, user_agent=USER_AGENT)
+    """GET `url` once: 2xx passing, 429 warning, anything else (and every failure) critical;
+    CheckNotRun when the request could not be made for a local reason."""
+    return await probe.probe_http(session, url, timeout, user_agent=USER_AGENT, not_run=True)
 
 
 # --- the thresholds --------------------------------------------------------------------
@@ -116,6 +120,7 @@ class _Entry(StatusTracker):
     and is dropped."""
 
     spec: CheckSpec
+    refused: str | None = None  # why the check policy refuses its url (a literal address)
     generation: int = 0
     task: asyncio.Task[None] | None = None
 
@@ -137,12 +142,16 @@ class HealthScheduler:
         concurrency: int = DEFAULT_CONCURRENCY,
         session_factory: ClientSessionFactory | None = None,
         ownership: Ownership | None = None,
+        policy: CheckPolicy | None = None,
     ) -> None:
         self._registry = registry
+        self._policy = policy or CheckPolicy()
         self._ownership: Ownership = ownership or Solo()
         self._ownership.add_listener(self._rebalance)
         self._metrics = metrics
-        self._session_factory = session_factory or partial(_default_session, concurrency)
+        self._session_factory = session_factory or partial(
+            _default_session, concurrency, self._policy
+        )
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._entries: dict[str, _Entry] = {}
@@ -153,6 +162,8 @@ class HealthScheduler:
         self._waker: asyncio.Future[None] | None = None
         self._wake_at = 0.0
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        # Checks not run for a local fault: one line a second at most, however many fail.
+        self._not_run_logs = Budget(log, "check_not_run", 1)
         self._running = False
         registry.add_listener(self._on_change)
 
@@ -239,6 +250,7 @@ class HealthScheduler:
                 status=new.status,
                 critical_since=now if new.status is Status.CRITICAL else None,
                 spec=spec,
+                refused=self._policy.url_refusal(spec.url),
             )
             spread = min(FIRST_CHECK_WITHIN, spec.interval) if soon else spec.interval
         else:
@@ -310,7 +322,16 @@ class HealthScheduler:
         assert self._session is not None
         self._metrics.checks_in_flight.inc()
         try:
-            result = await probe_http(self._session, spec.url, spec.timeout_s)
+            if entry.refused is not None:  # a stored record the policy now refuses
+                result = probe.critical(f"not checked: {entry.refused}", time.perf_counter())
+            else:
+                result = await probe_http(self._session, spec.url, spec.timeout_s)
+        except probe.CheckNotRun as exc:
+            # Our fault, not the service's: no threshold moves, nothing is written.
+            self._metrics.checks_not_run.labels(exc.reason).inc()
+            if self._not_run_logs.spend():
+                log.warning("check_not_run", service_id=service_id, reason=exc.reason)
+            return
         finally:
             self._metrics.checks_in_flight.dec()
         self._metrics.checks.labels(result.status.value).inc()
@@ -345,15 +366,16 @@ def _resolve(waker: asyncio.Future[None]) -> None:
         waker.set_result(None)
 
 
-def _default_session(concurrency: int) -> aiohttp.ClientSession:
+def _default_session(concurrency: int, policy: CheckPolicy) -> aiohttp.ClientSession:
     """One session for every check: pooled keep-alive connections, cached DNS, no cookies
-    (one service's cookie must never reach another), and no session-wide timeout (each
-    probe brings its own)."""
+    (one service's cookie must never reach another), no session-wide timeout (each probe
+    brings its own), and names resolved through the check policy (master.policy)."""
     connector = aiohttp.TCPConnector(
         limit=concurrency,
         limit_per_host=0,
         keepalive_timeout=KEEPALIVE_SECONDS,
         ttl_dns_cache=DNS_CACHE_SECONDS,
+        resolver=PolicyResolver(policy),
     )
     return aiohttp.ClientSession(
         connector=connector,

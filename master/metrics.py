@@ -96,6 +96,13 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
+        self.checks_not_run = Counter(
+            "picoapi_checks_not_run",
+            "Checks not made for a local reason (no descriptor, no memory), by reason: "
+            "they move no status.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.checks_in_flight = Gauge(
             "picoapi_checks_in_flight", "Health checks running now.", registry=self.registry
         )

@@ -34,10 +34,44 @@ def status_of(http_status: int) -> Status:
     return Status.CRITICAL
 
 
+# A check that fails for one of these failed here, not at the target: no descriptor left,
+# no memory, no ephemeral port. It says nothing of the service.
+LOCAL_FAULTS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EADDRNOTAVAIL}
+)
+
+
+class CheckNotRun(Exception):
+    """The check could not be made for a local reason; `reason` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CheckRefused(OSError):
+    """The check policy refuses the address (master.policy): the check is not made."""
+
+
+def local_fault(exc: BaseException) -> str | None:
+    """The local reason a request could not be made (`too many open files`), if it was one."""
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(os_error, OSError) and os_error.errno in LOCAL_FAULTS:
+        return os_error.strerror or errno.errorcode.get(os_error.errno, "local error")
+    return None
+
+
 async def probe_http(
-    session: aiohttp.ClientSession, url: str, timeout: float, *, user_agent: str
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    *,
+    user_agent: str,
+    not_run: bool = False,
 ) -> CheckResult:
-    """GET `url` once, reading at most OUTPUT_MAX bytes of the body."""
+    """GET `url` once, reading at most OUTPUT_MAX bytes of the body. With `not_run`, a
+    request that could not be made for a local reason raises CheckNotRun instead of
+    reading as the target's failure (the master's checks; a sidecar reports it)."""
     started = time.perf_counter()
     try:
         async with (
@@ -52,6 +86,9 @@ async def probe_http(
     except TimeoutError:
         return critical(f"timed out after {format_duration(timeout)}", started)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
+        reason = local_fault(exc)
+        if reason is not None and not_run:
+            raise CheckNotRun(reason) from None
         return critical(describe_error(exc), started)
     output = decode_capped(body)
     detail = _answer_detail(output, response.content_type)
@@ -98,6 +135,8 @@ def describe_error(exc: BaseException) -> str:
 
 def describe_os_error(exc: OSError, host: str, port: int | None) -> str:
     where = f"{host}:{port}"
+    if isinstance(exc, CheckRefused):
+        return f"not checked: refused by the check policy: {exc}"
     if isinstance(exc, socket.gaierror):
         return f"DNS lookup failed for {host}: {exc.strerror or exc}"
     if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:

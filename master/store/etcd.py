@@ -99,6 +99,9 @@ class EtcdStore(Store):
         self._services = self.prefix + b"services/"
         self._documents = self.prefix + b"documents/"
         self._members = self.prefix + b"members/"
+        # Put by every write's txn: its mod revision is the registry's index, the same on
+        # every master (a member coming or going moves etcd's revision, not this).
+        self._index_key = self.prefix + b"index"
         self._revision = 0  # the last revision the feed handed on
         self._watcher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -138,7 +141,11 @@ class EtcdStore(Store):
         records: dict[str, StoredRecord] = {}
         documents: dict[str, bytes] = {}
         members: dict[str, int] = {}
+        index = 0
         for kv in kvs:
+            if kv.key == self._index_key:
+                index = kv.mod_revision
+                continue
             kind, name = self._split(kv.key)
             if kind == "services":
                 records[name] = StoredRecord(kv.value, kv.create_revision, kv.mod_revision)
@@ -146,9 +153,9 @@ class EtcdStore(Store):
                 documents[name] = kv.value
             elif kind == "members":
                 members[name] = kv.create_revision
-        self._revision = revision
+        self._revision = revision  # where the watch goes on from
         self._set_members(members)
-        return Snapshot(revision, records, documents)
+        return Snapshot(index, records, documents)
 
     def subscribe(self, feed: Callable[[Change], None]) -> None:
         super().subscribe(feed)
@@ -223,15 +230,24 @@ class EtcdStore(Store):
 
     def _deliver(self, events: Iterable[Event]) -> None:
         """Events grouped by revision: one commit, one Change (a txn's document and
-        record arrive together)."""
+        record arrive together). A membership change moves no index: it is not part of
+        what the registry holds, and watchers need not wake for it."""
         revision, members = 0, False
         records: dict[str, StoredRecord | None] = {}
         documents: dict[str, bytes | None] = {}
+
+        def flush() -> None:
+            if records or documents:
+                self._emit(Change(revision, dict(records), dict(documents)))
+            records.clear()
+            documents.clear()
+
         for event in events:
             if event.kv.mod_revision != revision and revision:
-                self._emit(Change(revision, records, documents))
-                records, documents = {}, {}
+                flush()
             revision = event.kv.mod_revision
+            if event.kv.key == self._index_key:
+                continue
             kind, name = self._split(event.kv.key)
             if kind == "services":
                 kv = event.kv
@@ -249,7 +265,7 @@ class EtcdStore(Store):
                 else:
                     self._members_now[name] = event.kv.create_revision
         if revision:
-            self._emit(Change(revision, records, documents))
+            flush()
             self._revision = revision
         if members:
             self._set_members(self._members_now)
@@ -313,7 +329,7 @@ class EtcdStore(Store):
     ) -> int:
         key = self._services + record_id.encode()
         compare = [] if expected is None else [Compare(key, "mod_revision", "=", expected)]
-        success = [Op.put(key, record)]
+        success = [Op.put(key, record), Op.put(self._index_key, b"")]
         if document is not None:
             success.insert(0, Op.put(self._documents + document.sha256.encode(), document.body))
         elif names is not None:  # the record names a document it does not bring: is it there?
@@ -325,7 +341,8 @@ class EtcdStore(Store):
     ) -> int:
         key = self._services + record_id.encode()
         compare = [] if expected is None else [Compare(key, "mod_revision", "=", expected)]
-        return await self._commit(record_id, expected, compare, [Op.delete(key)])
+        success = [Op.delete(key), Op.put(self._index_key, b"")]
+        return await self._commit(record_id, expected, compare, success)
 
     async def _commit(
         self, record_id: str, expected: int | None, compare: list[Compare], success: list[Op]
