@@ -29,8 +29,9 @@ the service file (YAML):
   check:     one of http | tcp | process | exec; interval, timeout,
              failures_before_critical, successes_before_passing, deregister_after
              (leave it out for a tcp connect to service.port)
-  master:    url (one or a list), token or token_file
-  sidecar:   listen, advertise, resync, deregister_on_exit
+  master:    url (one or a list), token or token_file; for an https:// master
+             ca_file, cert_file and key_file
+  sidecar:   listen, advertise, resync, deregister_on_exit, token_file (for POST /drain)
 Strings expand ${VAR} and ${VAR:-default} from the environment; $$ is a literal $.
 Durations: 500ms, 10s, 2m, 1h. Unknown keys are errors.
 

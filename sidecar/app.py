@@ -1,6 +1,7 @@
 """The sidecar's owner: starts every part in order, and stops them in reverse, bounded.
 
-Start: the HTTP session, the server, the sync loop (it registers), the file watcher. Stop,
+Start: the listening socket (its port names this sidecar as the holder of the id), the
+HTTP session, the server, the sync loop (it registers), the file watcher. Stop,
 on SIGTERM or SIGINT, or when a part fails: stop watching, stop the loop, deregister (at
 most 3 s), stop serving (and any check still running), close the session; under 5 s in
 all, then exit 0 (1 if a part failed). Each stop is pushed on an exit stack as its part
@@ -32,10 +33,10 @@ from master.shared.daemon import (
 )
 from master.shared.logs import configure_logging
 from sidecar.checks import SharedCheck, build_check
-from sidecar.config import Config
+from sidecar.config import Config, default_instance
 from sidecar.desired import Desired
 from sidecar.master_client import MasterClient
-from sidecar.server import Sidecar, SidecarMetrics, build_server
+from sidecar.server import Guard, Sidecar, SidecarMetrics, build_server
 from sidecar.sync import SyncLoop
 from sidecar.watch import ConfigWatcher
 
@@ -81,24 +82,35 @@ async def serve(path: Path, config: Config) -> int:
 
 async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     """Start the parts in order; an exit code if the sidecar cannot run at all."""
+    listen = config.sidecar
+    try:
+        sock = listen_socket(listen.listen_host, listen.listen_port, backlog=256)
+    except OSError as exc:
+        log.error("listen_failed", listen=listen.listen, reason=exc.strerror)
+        return EXIT_CONFIG
+    owner.callback(sock.close)  # once served, the server closes it first; twice is fine
+    # Who holds the id: this host and the port bound (port 0 names the one the kernel gave).
+    instance = default_instance(sock.getsockname()[1])
+
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=60),
         auto_decompress=True,
     )
     owner.on_stop("close_session", session.close, SESSION_CLOSE)
 
-    desired = Desired(config)
+    desired = Desired(config, instance)
     metrics = SidecarMetrics()
     sync = SyncLoop(desired, MasterClient(session), session, metrics.sync)
 
     def on_config(new: Config) -> None:
         if new.check != desired.config.check:
             sidecar.check = SharedCheck(build_check(new.check, session))
+        sidecar.guard.update(new.sidecar.token_file)
         desired.update_config(new)
 
     watcher = ConfigWatcher(path, config, on_config)
     check = SharedCheck(build_check(config.check, session))
-    sidecar = Sidecar(str(path), sync, check, watcher, metrics)
+    sidecar = Sidecar(str(path), sync, check, watcher, metrics, Guard(listen.token_file))
 
     runner = web.AppRunner(
         build_server(sidecar), access_log=None, shutdown_timeout=SERVE_SHUTDOWN_TIMEOUT
@@ -106,12 +118,6 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     owner.on_stop("stop_checks", lambda: sidecar.check.close(), CHECKS_STOP)
     await runner.setup()
     owner.on_stop("stop_serving", runner.cleanup, SERVE_STOP)
-    listen = config.sidecar
-    try:
-        sock = listen_socket(listen.listen_host, listen.listen_port, backlog=256)
-    except OSError as exc:
-        log.error("listen_failed", listen=listen.listen, reason=exc.strerror)
-        return EXIT_CONFIG
     await web.SockSite(runner, sock).start()
 
     async def deregister() -> None:
@@ -129,6 +135,7 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
         "sidecar_started",
         listen=bound_address(sock),
         service_id=config.service.id,
+        instance=instance,
         master_urls=list(config.master.urls),
         pid=os.getpid(),
     )

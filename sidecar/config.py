@@ -8,10 +8,12 @@ each field goes through the same master.model checks the master runs.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,7 +55,7 @@ from master.shared.yamlfile import (
     check_bool,
     check_host_port,
     join_host_port,
-    load_document,
+    parse_document,
     type_name,
 )
 
@@ -62,6 +64,12 @@ DEFAULT_LISTEN: Final = ("0.0.0.0", 9501)
 DEFAULT_RESYNC: Final = 30.0
 LOOPBACK: Final = "127.0.0.1"
 ARG_MAX: Final = 4096
+PATH_MAX: Final = 4096
+# A service file is a few hundred bytes; anything near this is a mistake (a log written over
+# it, a binary), refused before it is parsed.
+FILE_MAX: Final = 1 << 20
+FILE_MAX_TEXT: Final = "1 MiB"
+TLS_FILE_MAX: Final = 1 << 20
 # Routed nowhere: "connecting" a UDP socket to it sends nothing but picks the source
 # address of the default route, which is this host's primary address.
 _PROBE_ADDRESS: Final = ("10.255.255.255", 1)
@@ -80,8 +88,9 @@ _CHECK_KEYS: Final = (
     "deregister_after",
 )
 _PROCESS_KEYS: Final = ("pidfile", "name", "cmdline")
-_MASTER_KEYS: Final = ("url", "token", "token_file")
-_SIDECAR_KEYS: Final = ("listen", "advertise", "resync", "deregister_on_exit")
+_TLS_KEYS: Final = ("ca_file", "cert_file", "key_file")
+_MASTER_KEYS: Final = ("url", "token", "token_file", "ca_file", "cert_file", "key_file")
+_SIDECAR_KEYS: Final = ("listen", "advertise", "resync", "deregister_on_exit", "token_file")
 
 SCHEMA: Final = {
     "service": _SERVICE_KEYS,
@@ -156,12 +165,27 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """What an https:// master is verified against, and the client certificate shown to it:
+    paths resolved against the service file, and a digest of their contents, so a reload
+    that finds them rotated (SIGHUP) compares unequal and the context is built anew."""
+
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class MasterLink:
-    """Where to register: the master URLs tried in order (no trailing slash), and the bearer
-    token. (Not the master's own options: those are master.config.MasterConfig.)"""
+    """Where to register: the master URLs tried in order (no trailing slash), the bearer
+    token, and the TLS context for https:// masters (built once, at load, from `tls`; None:
+    the system's defaults). (Not the master's own options: master.config.MasterConfig.)"""
 
     urls: tuple[str, ...] = (DEFAULT_MASTER_URL,)
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log or a traceback
+    tls: TlsFiles | None = None
+    ssl: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +197,9 @@ class SidecarSettings:
     advertise: str
     resync: float = DEFAULT_RESYNC
     deregister_on_exit: bool = True
+    # The tokens that may change the sidecar's state (POST /drain), a file in the one
+    # token-file format (re-read when it changes); None: only loopback callers may.
+    token_file: str | None = None
 
     @property
     def listen(self) -> str:
@@ -190,10 +217,13 @@ class Config:
     # logs them. Not part of equality: a reload that only changes a warning changes nothing.
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
-    def registration(self) -> Registration:
+    def registration(self, instance: str | None = None) -> Registration:
         """What the master should hold: it checks this sidecar's /health, which runs the
-        probe, so the check URL is the advertised address and not the service's."""
+        probe, so the check URL is the advertised address and not the service's. The
+        registration names its holder, `instance` (default: this host and the listen port;
+        a running sidecar passes the one it fixed at start)."""
         service, check = self.service, self.check
+        holder = instance or default_instance(self.sidecar.listen_port)
         return Registration(
             id=service.id,
             name=service.name,
@@ -210,22 +240,76 @@ class Config:
                 successes_before_passing=check.successes_before_passing,
                 deregister_after=DeregisterAfter(check.deregister_after),
             ),
+            **({"instance": holder} if _HAS_INSTANCE else {}),
         )
 
 
-def registration_json(config: Config, openapi: dict[str, Any] | None) -> dict[str, Any]:
+_HAS_INSTANCE: Final = "instance" in Registration.__struct_fields__
+
+
+def registration_json(
+    config: Config, openapi: dict[str, Any] | None, instance: str | None = None
+) -> dict[str, Any]:
     """The registration as plain JSON values (what `check` prints and /status shows); with
     `openapi`, the document too."""
-    body: dict[str, Any] = to_builtins(config.registration())
+    body: dict[str, Any] = to_builtins(config.registration(instance))
     if openapi is not None:
         body["openapi"] = openapi
     return body
 
 
+def default_instance(port: int) -> str:
+    """Who holds the id: `<hostname>:<sidecar port>`. The same for this sidecar restarted
+    on this host, another for a copy on another host or port, which the master then refuses
+    the id instead of letting it take the id over unnoticed."""
+    host = "".join(c for c in socket.gethostname() if c.isprintable() and not c.isspace())
+    return f"{host[: ADDRESS_MAX - 6] or 'localhost'}:{port}"
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, expand, validate and freeze a service file; ConfigError lists every problem."""
+    """Read, expand, validate and freeze a service file; ConfigError lists every problem.
+    A file over FILE_MAX bytes is refused before it is parsed. It blocks (files are read,
+    YAML is parsed in pure Python): a running sidecar calls it in a thread."""
+    return parse_config(read_file(path), path, environ)
+
+
+class FileUnreadable(ConfigError):
+    """The file could not be read at all (missing, no permission, a directory): unlike a
+    bad file, worth another try as it is."""
+
+
+def read_file(path: str | Path, limit: int = FILE_MAX) -> bytes:
+    """The bytes of a service file; FileUnreadable if it cannot be read, ConfigError if it
+    holds more than `limit` bytes (no more than `limit` + 1 are ever read)."""
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = b"" if size > limit else handle.read(limit + 1)
+    except FileNotFoundError:
+        raise FileUnreadable([Problem(file, None, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise FileUnreadable([Problem(file, None, "", "is a directory, not a file")]) from None
+    except OSError as exc:
+        raise FileUnreadable([Problem(file, None, "", f"cannot read: {exc.strerror}")]) from None
+    if size > limit or len(data) > limit:
+        # A file that grew since its stat (or a device with no size): at least this many.
+        shown = f"{size} bytes" if size > limit else f"more than {limit} bytes"
+        message = f"larger than {FILE_MAX_TEXT if limit == FILE_MAX else limit} ({shown})"
+        raise ConfigError([Problem(file, None, "", message)])
+    return data
+
+
+def parse_config(data: bytes, path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """`load_config` of the bytes read from `path`."""
     env = os.environ if environ is None else environ
-    doc = load_document(path, env)
+    file = str(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        message = f"is not UTF-8 text (byte {exc.start})"
+        raise ConfigError([Problem(file, None, "", message)]) from None
+    doc = parse_document(text, file, env)
     config = _Reader(doc, env, Path(path)).read()
     doc.raise_for_problems()
     _check_wire_format(doc, config)
@@ -233,21 +317,37 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 
 
 def _warnings(doc: Document, config: Config) -> list[str]:
-    """A loopback advertise for a service that others reach elsewhere: a master on another
-    host would find nothing there, and mark the service critical."""
+    """What is valid but likely wrong, each at its line."""
+    found: list[Problem] = []
+    # A loopback advertise for a service that others reach elsewhere: a master on another
+    # host would find nothing there, and mark the service critical.
     host = split_host(config.sidecar.advertise)
     if _is_loopback(host) and not _is_loopback(config.service.address):
         path = "sidecar.advertise" if doc.has("sidecar.advertise") else "sidecar.listen"
-        problem = Problem(
-            doc.file,
-            doc.line_of(path),
-            path,
-            f"the master will check this sidecar at {config.sidecar.advertise}, a loopback "
-            f"address, while the service is at {config.service.address}: a master on "
-            "another host cannot reach it; set sidecar.advertise to an address it can reach",
+        found.append(
+            Problem(
+                doc.file,
+                doc.line_of(path),
+                path,
+                f"the master will check this sidecar at {config.sidecar.advertise}, a "
+                f"loopback address, while the service is at {config.service.address}: a "
+                "master on another host cannot reach it; set sidecar.advertise to an "
+                "address it can reach",
+            )
         )
-        return [str(problem)]
-    return []
+    # TLS settings that no URL uses: an http:// left where https:// was meant?
+    master = config.master
+    if master.tls is not None and not any(url.startswith("https://") for url in master.urls):
+        path = next(f"master.{key}" for key in _TLS_KEYS if doc.has(f"master.{key}"))
+        found.append(
+            Problem(
+                doc.file,
+                doc.line_of(path),
+                path,
+                "no master.url is https://, so the TLS settings go unused",
+            )
+        )
+    return [str(problem) for problem in found]
 
 
 def _is_loopback(host: str) -> bool:
@@ -416,14 +516,66 @@ class _Reader:
         urls = doc.check("master.url", _check_urls)
         if urls is None:
             urls = self.env_master_urls()
+        tls, context = self.tls()
         if doc.has("master.token") and doc.has("master.token_file"):
             doc.problem("master.token_file", "give token or token_file, not both")
-            return MasterLink(urls)
+            return MasterLink(urls, None, tls, context)
         token = doc.check("master.token", _check_token)
-        file = doc.check("master.token_file", check_text, 4096)
+        file = doc.check("master.token_file", check_text, PATH_MAX)
         if file is not None:
-            token = self.read_token(file)
-        return MasterLink(urls, token)
+            tokens = self.read_tokens("master.token_file", file)
+            token = tokens[0] if tokens else None
+        return MasterLink(urls, token, tls, context)
+
+    def tls(self) -> tuple[TlsFiles | None, ssl.SSLContext | None]:
+        """The TLS files for https:// masters and the context built from them, once, here:
+        a problem with a file is reported at its line like any other."""
+        doc = self.doc
+        paths = {key: doc.check(f"master.{key}", check_text, PATH_MAX) for key in _TLS_KEYS}
+        given = {key: str(self.path.parent / path) for key, path in paths.items() if path}
+        if not given or any(doc.is_broken(f"master.{key}") for key in _TLS_KEYS):
+            return None, None
+        if "key_file" in given and "cert_file" not in given:
+            doc.problem("master.key_file", "needs master.cert_file (the certificate it belongs to)")
+            return None, None
+        digest = hashlib.sha256()
+        for key in _TLS_KEYS:
+            if key in given:
+                content = self.read_tls_file(key, given[key])
+                if content is None:
+                    return None, None
+                digest.update(key.encode() + b"\0" + hashlib.sha256(content).digest())
+        files = TlsFiles(
+            given.get("ca_file"), given.get("cert_file"), given.get("key_file"), digest.hexdigest()
+        )
+        try:
+            context = ssl.create_default_context(cafile=files.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            doc.problem("master.ca_file", f"{files.ca_file!r} holds no CA certificate: {exc}")
+            return None, None
+        if files.cert_file is not None:
+            try:
+                context.load_cert_chain(files.cert_file, files.key_file)
+            except ssl.SSLError as exc:
+                blamed = "master.key_file" if files.key_file else "master.cert_file"
+                doc.problem(blamed, f"not a certificate and its private key: {_ssl_reason(exc)}")
+                return None, None
+        return files, context
+
+    def read_tls_file(self, key: str, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as handle:
+                content = handle.read(TLS_FILE_MAX + 1)
+        except OSError as exc:
+            self.doc.problem(f"master.{key}", f"cannot read {path!r}: {exc.strerror}")
+            return None
+        if len(content) > TLS_FILE_MAX:
+            self.doc.problem(f"master.{key}", f"{path!r} is larger than 1 MiB")
+            return None
+        if b"-----BEGIN " not in content:
+            self.doc.problem(f"master.{key}", f"{path!r} is not PEM (no -----BEGIN line)")
+            return None
+        return content
 
     def env_master_urls(self) -> tuple[str, ...]:
         """PICOAPI_MASTER_URL, several separated by commas, since a variable is no list."""
@@ -437,8 +589,9 @@ class _Reader:
             self.doc.add(Problem(self.doc.file, None, exc.field, exc.message))
             return (DEFAULT_MASTER_URL,)
 
-    def read_token(self, file: str) -> str | None:
-        """The first token of the file, in the one token-file format (master.shared.tokens)."""
+    def read_tokens(self, field: str, file: str) -> tuple[str, ...] | None:
+        """The tokens of the file, in the one token-file format (master.shared.tokens),
+        relative to the service file; None (and a problem at `field`) if it has none."""
         path = self.path.parent / file
         try:
             tokens = read_tokens(path)
@@ -450,12 +603,12 @@ class _Reader:
                 message = f"cannot read {shown}: {exc.strerror}"
             else:
                 message = f"{shown} is not UTF-8 text"
-            self.doc.problem("master.token_file", message)
+            self.doc.problem(field, message)
             return None
-        if any(c.isspace() for c in tokens[0]):
-            self.doc.problem("master.token_file", f"{str(path)!r}: the token holds a space")
+        if any(c.isspace() for token in tokens for c in token):
+            self.doc.problem(field, f"{str(path)!r}: a token holds a space")
             return None
-        return tokens[0]
+        return tokens
 
     # --- sidecar ---------------------------------------------------------------------
 
@@ -466,6 +619,12 @@ class _Reader:
         advertise = doc.check("sidecar.advertise", _check_advertise, port)
         resync = doc.check("sidecar.resync", Resync.parse)
         on_exit = doc.check("sidecar.deregister_on_exit", check_bool)
+        token_file = doc.check("sidecar.token_file", check_text, PATH_MAX)
+        if token_file is not None:
+            # Read now so a problem is reported at its line; the server re-reads it as it
+            # changes (rotation), keeping the last good tokens.
+            token_file = str(self.path.parent / token_file)
+            self.read_tokens("sidecar.token_file", token_file)
         if advertise is None:
             # Bound to one address, the sidecar is reachable only there; bound to all, at
             # the service's address.
@@ -476,7 +635,13 @@ class _Reader:
             advertise=advertise,
             resync=resync or DEFAULT_RESYNC,
             deregister_on_exit=True if on_exit is None else on_exit,
+            token_file=token_file,
         )
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason (`KEY_VALUES_MISMATCH`), not its library prefix and line."""
+    return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
 
 
 # --- field checks: master.model's shape, (value, field, ...) -> value or FieldError ------

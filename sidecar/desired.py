@@ -16,25 +16,39 @@ import contextlib
 from typing import Any
 
 from master.model import Document, Registration, canonical_document, registration_body
-from sidecar.config import Config
+from sidecar.config import Config, MasterLink, default_instance
 
 
 class Desired:
-    def __init__(self, config: Config) -> None:
+    """`instance` names this sidecar as the holder of the id, fixed for its lifetime (a
+    reload never changes who holds it). `retired` holds the ids a reload moved away from,
+    with the master link they were registered through, until the loop has removed them."""
+
+    def __init__(self, config: Config, instance: str | None = None) -> None:
         self.config = config
-        self.registration: Registration = config.registration()
+        self.instance = instance or default_instance(config.sidecar.listen_port)
+        self.registration: Registration = config.registration(self.instance)
         self.document: Document | None = None
+        self.retired: list[tuple[str, MasterLink]] = []
         self._dirty = asyncio.Event()
 
     # --- changes -------------------------------------------------------------------------
 
     def update_config(self, config: Config) -> None:
-        """Swap in a new configuration whole; the loop sends it at once."""
+        """Swap in a new configuration whole; the loop sends it at once. An edited
+        `service.id` retires the old one: the loop deregisters it."""
+        old_id, new_id = self.config.service.id, config.service.id
+        if new_id != old_id:
+            kept = [(i, link) for i, link in self.retired if i not in (old_id, new_id)]
+            self.retired = [*kept, (old_id, self.config.master)]
         self.config = config
-        self.registration = config.registration()
+        self.registration = config.registration(self.instance)
         if config.service.openapi is None:
             self.document = None  # no longer described: the master drops its copy too
         self.mark_dirty()
+
+    def retire_done(self, service_id: str) -> None:
+        self.retired = [(i, link) for i, link in self.retired if i != service_id]
 
     def set_document(self, document: dict[str, Any]) -> bool:
         """Hold `document` (parsed JSON) as canonical bytes; True, and dirty, if it is not

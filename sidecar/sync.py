@@ -9,6 +9,11 @@ master answers each PUT with the digest of the document it holds; when that is n
 service's document is fetched every resync, and sooner while the service is not up yet.
 Nothing here ever exits because the master or the service is away.
 
+The registration names this sidecar's instance as the holder of the id. A master that says
+another instance holds it (409 `id_conflict`) is asked again at every resync, not with the
+fast backoff: the holder keeps the id until it turns critical, and then a PUT takes it
+over. An edited `service.id` registers the new id and deregisters the old one.
+
 The owner runs `run()` as its task and cancels it to stop; `deregister` and `drain` are
 called from outside the loop (the owner at shutdown, `/drain`).
 """
@@ -26,8 +31,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from master.model import Registration
+from sidecar.config import MasterLink
 from sidecar.desired import Desired
-from sidecar.master_client import MasterClient, MasterError, Stored
+from sidecar.master_client import IdConflict, MasterClient, MasterError, Stored
 from sidecar.openapi import OpenAPIError, fetch_openapi
 
 log = structlog.get_logger("sidecar.sync")
@@ -37,6 +43,17 @@ BACKOFF_CAP: Final = 30.0
 RESYNC_JITTER: Final = 0.1  # +-10 %
 OPENAPI_TIMEOUT: Final = 5.0
 LOG_AGAIN_AFTER: Final = (1, 5)  # a repeated failure is logged at these counts, then every 20th
+
+
+@dataclass
+class Conflict:
+    """Another instance holds the id, as a master said (409 id_conflict)."""
+
+    holder: str | None  # its instance, from the master's message
+    message: str  # the master's own words
+    master_url: str
+    since: float
+    attempts: int = 1
 
 
 @dataclass
@@ -52,6 +69,17 @@ class SyncState:
     failures: int = 0  # consecutive; 0 once a master takes a PUT
     syncs: int = 0
     openapi_error: str | None = None
+    conflict: Conflict | None = None
+    # Whether the last request to the master went through (a refused id counts: a master
+    # answered it), since when that is so, and why not; None until the first request.
+    reachable: bool | None = None
+    reachable_since: float | None = None
+    unreachable_error: str | None = None
+
+    def reached(self, ok: bool, error: str | None = None) -> None:
+        if ok != self.reachable:
+            self.reachable, self.reachable_since = ok, time.time()
+        self.unreachable_error = None if ok else error
 
 
 class SyncMetrics:
@@ -94,6 +122,8 @@ class SyncLoop:
         self._session = session  # for the service's document
         self._metrics = metrics or SyncMetrics(CollectorRegistry())
         self._master_sha256: str | None = None  # the document the master said it holds
+        self._synced_id: str | None = None  # the id that _master_sha256 is about
+        self._refused = False  # the last PUT met an id held by another instance
         self._announced: tuple[str, Registration] | None = None  # last logged `registered`
         self._fetched_from: str | None = None
         self._fetch_failures = 0
@@ -109,7 +139,9 @@ class SyncLoop:
         while not self.state.drained:
             if self.desired.take_dirty() or clock() >= resync_at:
                 ok = await self.sync()
-                delay = self._resync_delay() if ok else backoff_delay(self.state.failures)
+                # A refused id waits for its holder to turn critical: at the resync pace.
+                again = ok or self._refused
+                delay = self._resync_delay() if again else backoff_delay(self.state.failures)
                 resync_at = clock() + delay
             if clock() >= fetch_at or self.desired.config.service.openapi != self._fetched_from:
                 fetch_at = clock() + await self._fetch_document()
@@ -120,17 +152,26 @@ class SyncLoop:
 
     async def sync(self) -> bool:
         """One PUT of the desired state (two when the master turns out to lack the
-        document); False if no master took it."""
+        document), then the DELETE of any id a reload moved away from; False if no master
+        took the PUT."""
         async with self._putting:
+            self._refused = False
             if self.state.drained:
                 return False
             desired = self.desired
             config, registration = desired.config, desired.registration
+            if config.service.id != self._synced_id:
+                self._master_sha256 = None  # a new id: the master holds no document for it
             for _ in range(2):
                 sent_document = not desired.agrees(self._master_sha256)
                 body = desired.body(self._master_sha256)
                 try:
                     stored = await self._client.put(config.master, config.service.id, body)
+                except IdConflict as exc:
+                    self._refused = True
+                    self._conflicted(exc)
+                    await self._retire()
+                    return False
                 except MasterError as exc:
                     self._failed(str(exc))
                     return False
@@ -146,13 +187,17 @@ class SyncLoop:
                     )
                     break
                 # The master lost the document (restarted on an empty store): send it now.
+            await self._retire()
             return True
 
     def _synced(self, stored: Stored, registration: Registration) -> None:
         state = self.state
         self._master_sha256 = stored.openapi_sha256
+        self._synced_id = registration.id
         state.registered, state.master_url = True, stored.url
         state.last_sync_at, state.failures, state.syncs = time.time(), 0, state.syncs + 1
+        state.reached(True)
+        conflict, state.conflict = state.conflict, None
         self._metrics.syncs.inc()
         if self._announced != (stored.url, registration):
             self._announced = (stored.url, registration)
@@ -162,11 +207,13 @@ class SyncLoop:
                 master_url=stored.url,
                 tags=list(registration.tags),
                 openapi_sha256=stored.openapi_sha256,
+                **({"taken_over_from": conflict.holder} if conflict else {}),
             )
 
     def _failed(self, reason: str) -> None:
         state = self.state
         state.failures += 1
+        state.reached(False, reason)
         self._metrics.failures.inc()
         again = state.failures in LOG_AGAIN_AFTER or state.failures % 20 == 0
         if state.last_error != reason or again:
@@ -177,6 +224,36 @@ class SyncLoop:
                 failures=state.failures,
             )
         state.last_error, state.last_error_at = reason, time.time()
+
+    def _conflicted(self, exc: IdConflict) -> None:
+        """Another instance holds the id: not registered, and said so, once per holder
+        (then every 20th refusal); the loop asks again at every resync."""
+        state, now = self.state, time.time()
+        state.registered = False
+        state.failures += 1
+        state.reached(True)
+        self._metrics.failures.inc()
+        self._announced = None
+        previous = state.conflict
+        if previous is not None and previous.holder == exc.holder:
+            previous.attempts += 1
+            previous.message, previous.master_url = exc.message, exc.url
+        else:
+            state.conflict = Conflict(exc.holder, exc.message, exc.url, now)
+        conflict = state.conflict
+        assert conflict is not None
+        if conflict is not previous or conflict.attempts % 20 == 0:
+            log.warning(
+                "id_conflict",
+                service_id=self.desired.config.service.id,
+                holder=exc.holder,
+                instance=self.desired.instance,
+                master_url=exc.url,
+                reason=exc.message,
+                attempts=conflict.attempts,
+                retry="at every resync; the holder keeps the id until it is critical",
+            )
+        state.last_error, state.last_error_at = str(exc), now
 
     async def _fetch_document(self) -> float:
         """Fetch the service's document into the desired state (dirty if it changed);
@@ -206,17 +283,44 @@ class SyncLoop:
     # --- leaving -----------------------------------------------------------------------
 
     async def deregister(self) -> bool:
-        """DELETE the registration; False (and logged) if no master answered."""
+        """DELETE the registration (and any id a reload moved away from); False (and
+        logged) if no master answered for the current id. An id that another instance
+        holds is left to it: there is nothing of ours to remove."""
         config = self.desired.config
+        ok = await self._delete(config.master, config.service.id)
+        if ok:
+            self.state.registered = False
+            self._announced = None
+        await self._retire()
+        return ok
+
+    async def _retire(self) -> None:
+        """Deregister the ids a reload moved away from, until each is gone."""
+        for service_id, link in list(self.desired.retired):
+            if await self._delete(link, service_id, reason="service.id changed"):
+                self.desired.retire_done(service_id)
+
+    async def _delete(self, master: MasterLink, service_id: str, reason: str = "") -> bool:
+        extra = {"reason": reason} if reason else {}
         try:
-            url = await self._client.delete(config.master, config.service.id)
+            url = await self._client.delete(master, service_id, self.desired.instance)
+        except IdConflict as exc:
+            self.state.reached(True)
+            log.info(
+                "deregister_not_held",
+                service_id=service_id,
+                holder=exc.holder,
+                master_url=exc.url,
+                **extra,
+            )
+            return True
         except MasterError as exc:
-            log.warning("deregister_failed", service_id=config.service.id, reason=str(exc))
+            log.warning("deregister_failed", service_id=service_id, reason=str(exc), **extra)
             self.state.last_error, self.state.last_error_at = str(exc), time.time()
+            self.state.reached(False, str(exc))
             return False
-        self.state.registered = False
-        self._announced = None
-        log.info("deregistered", service_id=config.service.id, master_url=url)
+        self.state.reached(True)
+        log.info("deregistered", service_id=service_id, master_url=url, **extra)
         return True
 
     async def drain(self) -> bool:

@@ -1,11 +1,16 @@
 """Follow edits of the service's YAML file: in place, atomic rename, or a symlink swap.
 
 Polls the stat of the resolved path (a Kubernetes ConfigMap update swaps a symlink, so the
-target changes while the link does not) and compares a content hash before reloading, so
-a touch without a change does nothing. SIGHUP asks for a reload at once, whatever the stat
-and the hash say. A file that goes missing (mid-swap, or deleted) is reported once and the
-configuration in force is kept; when it comes back it is read again even if its content is
-what it was, so the report clears.
+target changes while the link does not; a chmod changes only the mode) and compares a
+content hash before reloading, so a touch without a change does nothing. SIGHUP asks for a
+reload at once, whatever the stat and the hash say. A file that goes missing (mid-swap, or
+deleted) is reported once and the configuration in force is kept; when it comes back it is
+read again even if its content is what it was, so the report clears. A file that cannot be
+read (its mode, say) is reported once and read again at every poll until it can be, so an
+edit made meanwhile is not lost whatever its stat.
+
+The file is read, hashed and parsed in a thread: a 1 MiB file takes the pure-Python YAML
+parser most of a second, and /health must keep answering meanwhile.
 
 The owner runs `run()` as its task and cancels it to stop.
 """
@@ -17,19 +22,20 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import structlog
 
 from master.shared.yamlfile import ConfigError
-from sidecar.config import Config, load_config
+from sidecar.config import Config, FileUnreadable, parse_config, read_file
 
 log = structlog.get_logger("sidecar.watch")
 
 POLL_SECONDS: Final = 0.5  # a tag edit must reach the master within 2 s; stat is cheap
 
-Stamp = tuple[int, int, int, int]
+Stamp = tuple[int, int, int, int, int]
 
 
 def _stamp(path: Path) -> Stamp | None:
@@ -37,14 +43,38 @@ def _stamp(path: Path) -> Stamp | None:
         st = os.stat(path)  # follows symlinks: a swapped link target has a new inode
     except OSError:
         return None
-    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+    return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size, st.st_mode)
 
 
 def _digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_file(path)).hexdigest()
+    except ConfigError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One look at the file's content, made in a thread."""
+
+    digest: str | None = None  # of what was read; None: nothing was
+    config: Config | None = None  # parsed, when it had to be
+    error: ConfigError | None = None
+
+
+def _read(path: Path, known_digest: str | None, always: bool) -> _Read:
+    """Read the file; parse it unless its content is `known_digest` (and not `always`)."""
+    try:
+        data = read_file(path)
+    except ConfigError as exc:
+        return _Read(error=exc)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == known_digest and not always:
+        return _Read(digest)
+    try:
+        return _Read(digest, parse_config(data, path))
+    except ConfigError as exc:
+        return _Read(digest, error=exc)
 
 
 class ConfigWatcher:
@@ -58,6 +88,7 @@ class ConfigWatcher:
         self._stamp = _stamp(path)
         self._digest = _digest(path)
         self._missing = False
+        self._unreadable: str | None = None  # why the last read failed: read again
         self._forced = False
         self._wake = asyncio.Event()
 
@@ -73,10 +104,11 @@ class ConfigWatcher:
                 async with asyncio.timeout(POLL_SECONDS):
                     await self._wake.wait()
             self._wake.clear()
-            self.poll()
+            await self.poll()
 
-    def poll(self) -> None:
-        """One look at the file: reload it if it changed, was asked for, or came back."""
+    async def poll(self) -> None:
+        """One look at the file: reload it if it changed, was asked for, came back, or
+        could not be read last time."""
         forced, self._forced = self._forced, False
         stamp = _stamp(self.path)
         if stamp is None:
@@ -88,28 +120,44 @@ class ConfigWatcher:
                 log.warning("config_missing", path=str(self.path))
             return
         returned, self._missing = self._missing, False
-        if stamp == self._stamp and not forced:
+        retry = self._unreadable is not None
+        if stamp == self._stamp and not (forced or retry):
             return
         self._stamp = stamp
-        digest = _digest(self.path)
-        if digest == self._digest and not (forced or returned):
+        again = forced or returned or retry
+        read = await asyncio.to_thread(_read, self.path, self._digest, again)
+        if isinstance(read.error, FileUnreadable):
+            self._unreadable_now(read.error)
             return
-        self._digest = digest
-        self._reload()
+        self._unreadable = None
+        self._digest = read.digest
+        if read.error is not None:
+            self._rejected(read.error)
+        elif read.config is not None:
+            self._apply(read.config)
 
-    def _reload(self) -> None:
-        # load_config reads a token file too: a few small synchronous reads, fine on the loop.
-        try:
-            new = load_config(self.path)
-        except ConfigError as exc:
-            self.last_error = str(exc)
-            log.error(
-                "config_rejected",
+    def _unreadable_now(self, error: ConfigError) -> None:
+        reason = str(error)
+        if reason != self._unreadable:
+            log.warning(
+                "config_unreadable",
                 path=str(self.path),
-                errors=str(exc).splitlines(),
+                reason=reason,
                 keeping="the last good configuration",
+                retry="at every poll",
             )
-            return
+        self._unreadable = self.last_error = reason
+
+    def _rejected(self, error: ConfigError) -> None:
+        self.last_error = str(error)
+        log.error(
+            "config_rejected",
+            path=str(self.path),
+            errors=str(error).splitlines(),
+            keeping="the last good configuration",
+        )
+
+    def _apply(self, new: Config) -> None:
         self.last_error = None
         if new == self.current:
             return

@@ -112,6 +112,7 @@ def test_check_prints_the_contract_example() -> None:
             "successes_before_passing": 1,
             "deregister_after": "10m",
         },
+        "instance": f"{socket.gethostname()}:9501",  # who holds the id: host and port
     }
 
 

@@ -158,7 +158,12 @@ def test_master_restarted_with_empty_store_gets_it_back(
     master.stop()
     again = start_master("--listen", f"127.0.0.1:{master_port}", store="memory://")
     assert record(again) is None
-    got = wait_until(lambda: record(again), timeout=8, message="back within one resync")
+    # The re-assertion, and at once the document the master turns out to lack (two PUTs).
+    got = wait_until(
+        lambda: (r := record(again)) and r["openapi_sha256"] and r,
+        timeout=8,
+        message="back within one resync, with the document",
+    )
     assert got["openapi_sha256"], "the document is re-sent to a master that lost it"
 
 

@@ -39,6 +39,7 @@ class Seen:
     at: float
     headers: dict[str, str]
     body: bytes
+    query: dict[str, str] = field(default_factory=dict)
 
     @property
     def json(self) -> Any:
@@ -65,6 +66,9 @@ class FakeMaster:
     document: Any = field(default_factory=lambda: DOCUMENT)
     document_failures: int = 0  # /openapi.json answers 503 this many times first
     document_gets: int = 0
+    holders: dict[str, str | None] = field(default_factory=dict)  # id -> its instance
+    critical: set[str] = field(default_factory=set)  # ids whose holder may be taken over
+    delete_failures: int = 0  # DELETE answers 503 this many times first
 
     def puts(self) -> list[Seen]:
         return [s for s in self.seen if s.method == "PUT"]
@@ -85,6 +89,11 @@ class FakeMaster:
         except FieldError as exc:
             error = {"code": exc.code, "message": exc.message, "field": exc.field}
             return web.json_response({"error": error}, status=400)
+        holder = self.holders.get(ident)
+        if holder and registration.instance != holder and ident not in self.critical:
+            return conflict(ident, holder)
+        self.holders[ident] = registration.instance or holder
+        self.critical.discard(ident)
         if change is None:
             self.documents[ident] = None
         elif change is not KEEP:
@@ -99,6 +108,13 @@ class FakeMaster:
     async def delete(self, request: web.Request) -> web.Response:
         await self._record(request)
         ident = request.match_info["id"]
+        if self.delete_failures:
+            self.delete_failures -= 1
+            return web.Response(status=503, text="down")
+        holder, instance = self.holders.get(ident), request.query.get("instance")
+        if instance is not None and holder and instance != holder:
+            return conflict(ident, holder)
+        self.holders.pop(ident, None)
         if self.documents.pop(ident, "absent") == "absent":
             return web.json_response({"error": {"code": "not_found", "message": "no"}}, status=404)
         return web.json_response({}, status=self.delete_status)
@@ -112,9 +128,23 @@ class FakeMaster:
 
     async def _record(self, request: web.Request) -> Seen:
         body = await request.read()
-        seen = Seen(request.method, request.path, time.monotonic(), dict(request.headers), body)
+        seen = Seen(
+            request.method,
+            request.path,
+            time.monotonic(),
+            dict(request.headers),
+            body,
+            dict(request.query),
+        )
         self.seen.append(seen)
         return seen
+
+
+def conflict(ident: str, holder: str) -> web.Response:
+    """The master's answer for an id another instance holds."""
+    message = f"service {ident} is held by {holder} (not critical); it keeps the id"
+    error = {"code": "id_conflict", "message": message, "field": "id"}
+    return web.json_response({"error": error}, status=409)
 
 
 @pytest.fixture
@@ -396,11 +426,14 @@ async def test_urls_are_tried_in_order_with_the_token(
     config = make_config(
         tmp_path, fake, master_urls=f"[{dead}, {fake.url}]", extra_master="  token: s3cret\n"
     )
-    stored = await MasterClient(session).put(config.master, "web-1", Desired(config).body(None))
+    desired = Desired(config, "host-a:9501")
+    client = MasterClient(session)
+    stored = await client.put(config.master, "web-1", desired.body(None))
     assert stored.url == fake.url and stored.openapi_sha256 is None
     assert fake.seen[0].headers["Authorization"] == "Bearer s3cret"
-    assert await MasterClient(session).delete(config.master, "web-1") == fake.url
-    assert await MasterClient(session).delete(config.master, "web-1") == fake.url  # 404: gone
+    assert await client.delete(config.master, "web-1", "host-a:9501") == fake.url
+    assert fake.seen[-1].query == {"instance": "host-a:9501"}
+    assert await client.delete(config.master, "web-1", "host-a:9501") == fake.url  # 404: gone
 
 
 @pytest.mark.parametrize(

@@ -203,13 +203,13 @@ async def test_a_touch_without_a_change_does_nothing(
     service_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[Path] = []
-    real = watch.load_config
+    real = watch.parse_config
 
-    def counting(path: Path) -> Config:
+    def counting(data: bytes, path: Path) -> Config:
         reads.append(path)
-        return real(path)
+        return real(data, path)
 
-    monkeypatch.setattr(watch, "load_config", counting)
+    monkeypatch.setattr(watch, "parse_config", counting)
     async with watching(service_file) as watched:
         os.utime(service_file)
         write(service_file, read(service_file))
