@@ -15,20 +15,31 @@ from typing import Final
 import structlog
 from aiohttp import web
 
+from master.api import REGISTRY
 from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
 from master.policy import CheckPolicy
 from master.shared import daemon
 from master.shared.daemon import StopSignals, bound_address, listen_socket
 from master.shared.logs import configure_logging
+from master.shared.serving import Listener, raise_descriptor_limit
 from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
 
 log = structlog.get_logger("master")
 
 EXIT_CONFIG: Final = 2
+DESCRIPTORS_KEPT: Final = 128  # the store, logs, the etcd client, the odd file
+MIN_CONNECTIONS: Final = 64
 SHUTDOWN_TIMEOUT: Final = 5.0  # for requests in flight to finish
 HURRIED_TIMEOUT: Final = 0.1  # what is left of that wait after a second signal (> 0)
+
+
+def connection_limit(config: MasterConfig) -> int:
+    """Connections we accept: what descriptors allow, less what checks and the store need."""
+    soft, _ = raise_descriptor_limit()
+    spare = config.check_concurrency + DESCRIPTORS_KEPT
+    return max(MIN_CONNECTIONS, min(config.max_connections, soft - spare))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         member_ttl=config.member_ttl,
         address=config.listen,
         policy=CheckPolicy(config.check_allow),
+        max_watchers=config.max_watchers,
+        read_timeout=config.read_timeout,
     )
     return daemon.run(serve(app, config))
 
@@ -84,9 +97,20 @@ async def _serve(app: web.Application, config: MasterConfig, signals: StopSignal
         log.error("listen_failed", listen=listen, reason=exc.strerror)
         await runner.cleanup()
         return EXIT_CONFIG
-    await web.SockSite(runner, sock).start()
-    log.info("master_started", listen=bound_address(sock), store=config.store, pid=os.getpid())
+    listener = Listener(
+        runner, max_connections=connection_limit(config), header_timeout=config.read_timeout
+    )
+    await listener.start(sock)
+    log.info(
+        "master_started",
+        listen=bound_address(sock),
+        store=config.store,
+        pid=os.getpid(),
+        max_connections=listener.max_connections,
+        max_watchers=app[REGISTRY].max_waiters,
+    )
     await signals.stop.wait()
+    listener.stop()
     await _stop_serving(runner, signals)
     log.info("master_stopped")
     return 0

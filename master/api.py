@@ -7,6 +7,7 @@ checks the token, stamps the registry index on every answer and counts the reque
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -23,6 +24,7 @@ from master.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -38,13 +40,15 @@ from master.model import (
     parse_duration,
 )
 from master.policy import CheckPolicy
-from master.registry import IdHeld, Registry
+from master.registry import IdHeld, Registry, TooManyWaiters
+from master.shared.serving import request_done
 from master.store.base import Store, StoreError
 
 log = structlog.get_logger("master.api")
 
 BODY_MAX: Final = 1 << 20  # a registration without an OpenAPI document
 BODY_MAX_WITH_OPENAPI: Final = 8 << 20
+BODY_TIMEOUTS: Final = 3  # a body may take this many read timeouts (30 s: 8 MiB at 2.2 Mbit/s)
 WAIT_DEFAULT: Final = 300.0
 WAIT_MAX: Final = 300.0
 INDEX_HEADER: Final = "X-Picoapi-Index"
@@ -55,6 +59,7 @@ REGISTRY: Final = web.AppKey("registry", Registry)
 STORE: Final = web.AppKey("store", Store)
 OWNERSHIP: Final = web.AppKey("ownership", Ownership)
 POLICY: Final = web.AppKey("policy", CheckPolicy)
+READ_TIMEOUT: Final = web.AppKey("read_timeout", float)
 METRICS: Final = web.AppKey("metrics", Metrics)
 AUTH: Final = web.AppKey("auth", Auth)
 
@@ -73,7 +78,10 @@ def raw_json_response(body: bytes, status: int = 200) -> web.Response:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return json_response(error.to_json(), error.status)
+    answer = json_response(error.to_json(), error.status)
+    if isinstance(error, Unavailable):
+        answer.headers["Retry-After"] = str(error.retry_after)
+    return answer
 
 
 # --- the middleware --------------------------------------------------------------------
@@ -108,6 +116,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if stale is not None:  # the store is out of reach: this view may be behind
             response.headers[STALE_HEADER] = f"{stale:.1f}"
     app[METRICS].observe_request(request, response.status, time.perf_counter() - started)
+    request_done(request)
     return response
 
 
@@ -120,6 +129,8 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         return error_response(exc)
     if isinstance(exc, FieldError):
         return error_response(ApiError.from_field_error(exc))
+    if isinstance(exc, TooManyWaiters):
+        return error_response(Unavailable(str(exc)))
     if isinstance(exc, IdHeld):
         return error_response(Conflict(str(exc), field="id"))
     if isinstance(exc, StoreError):
@@ -175,7 +186,12 @@ async def read_body(request: web.Request, *, limit: int = BODY_MAX_WITH_OPENAPI)
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes is over the {limit >> 20} MiB limit")
-    body = await request.read()
+    allowed = request.app.get(READ_TIMEOUT, 10.0) * BODY_TIMEOUTS
+    try:
+        async with asyncio.timeout(allowed):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {allowed:g}s") from None
     if len(body) > limit:
         raise PayloadTooLarge(f"body is over the {limit >> 20} MiB limit")
     if not body.strip():

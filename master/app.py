@@ -37,11 +37,13 @@ def build_app(
     member_ttl: float = DEFAULT_MEMBER_TTL,
     address: str = "",
     policy: CheckPolicy | None = None,
+    max_watchers: int = 8_000,
+    read_timeout: float = 10.0,
 ) -> web.Application:
     app = web.Application(
         middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
     )
-    registry = Registry(store)
+    registry = Registry(store, max_waiters=max_watchers)
     metrics = Metrics()
     # Several masters on one etcd share the checks; on a local store this one does all.
     ownership: Ownership = (
@@ -55,6 +57,7 @@ def build_app(
     app[api.STORE] = store
     app[api.OWNERSHIP] = ownership
     app[api.POLICY] = policy = policy or CheckPolicy()
+    app[api.READ_TIMEOUT] = read_timeout
     app[SCHEDULER] = HealthScheduler(
         registry, metrics, concurrency=check_concurrency, ownership=ownership, policy=policy
     )

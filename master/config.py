@@ -41,6 +41,17 @@ class MemberTTL(Duration):
 DEFAULT_LISTEN: Final = ("0.0.0.0", 9500)
 DEFAULT_STORE: Final = "sqlite:///./picoapi-data/registry.db"
 DEFAULT_CHECK_CONCURRENCY: Final = 512
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+DEFAULT_MAX_WATCHERS: Final = 8_000
+LIMIT_MAX: Final = 1_000_000
+DEFAULT_READ_TIMEOUT: Final = 10.0
+
+
+class ReadTimeout(Duration):
+    __slots__ = ()
+    low, high, bounds = 0.1, 600.0, "100ms..10m"
+
+
 CHECK_CONCURRENCY_MAX: Final = 10_000
 LOG_FORMATS: Final = ("json", "console", "auto")
 CONFIG_ENV: Final = "PICOAPI_CONFIG"
@@ -57,6 +68,9 @@ class MasterConfig:
     check_concurrency: int = DEFAULT_CHECK_CONCURRENCY
     member_ttl: float = DEFAULT_MEMBER_TTL
     check_allow: tuple[IPNetwork, ...] = ()  # empty: all but link-local and metadata
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_watchers: int = DEFAULT_MAX_WATCHERS
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     config_file: Path | None = None
 
     @property
@@ -98,6 +112,16 @@ def _check_log_format(value: object, field: str, base: Path) -> str | None:
 
 def _check_member_ttl(value: object, field: str, base: Path) -> float:
     return float(MemberTTL.parse(value, field))
+
+
+def _check_read_timeout(value: object, field: str, base: Path) -> float:
+    return float(ReadTimeout.parse(value, field))
+
+
+def _check_limit(value: object, field: str, base: Path) -> int:
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    return check_int(value, field, 1, LIMIT_MAX)
 
 
 def _check_allow(value: object, field: str, base: Path) -> tuple[IPNetwork, ...]:
@@ -166,6 +190,27 @@ OPTIONS: Final = (
         "the only networks the master may health-check (default: all but link-local "
         "169.254.0.0/16, fe80::/10 and the cloud metadata addresses)",
         _check_allow,
+    ),
+    Option(
+        "max_connections",
+        "N",
+        "open connections at most; past them a new one gets 503 with Retry-After (default "
+        f"{DEFAULT_MAX_CONNECTIONS}, lowered to what the descriptor limit leaves)",
+        _check_limit,
+    ),
+    Option(
+        "max_watchers",
+        "N",
+        f"blocking queries waiting at once, at most; past them 503 (default "
+        f"{DEFAULT_MAX_WATCHERS})",
+        _check_limit,
+    ),
+    Option(
+        "read_timeout",
+        "DURATION",
+        "a request's headers must arrive within this of its first byte, its body within "
+        "three times it; a slower client is cut off (default 10s)",
+        _check_read_timeout,
     ),
     Option(
         "check_concurrency",

@@ -69,7 +69,17 @@ class UnsupportedMediaType(ApiError):
 
 
 class Unavailable(ApiError):
-    """The store could not commit; the client should retry (never a 500)."""
+    """The store could not commit, or a limit is reached; the client should retry after
+    `retry_after` seconds (never a 500)."""
 
     status = 503
     code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"

@@ -70,6 +70,13 @@ class IdHeld(Exception):
         self.holder = holder
 
 
+class TooManyWaiters(Exception):
+    """As many blocking queries wait as the master allows: this one is refused (503)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} blocking queries are waiting already, the most allowed; retry")
+
+
 class FeedBehind(StoreError):
     """Committed, but this master's view has not caught up with it yet (answered 503:
     the same PUT again is then a no-op, or it is applied by the time it arrives)."""
@@ -107,8 +114,10 @@ class _Answer:
 
 
 class Registry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_waiters: int = 8_000) -> None:
         self._store = store
+        self.max_waiters = max_waiters
+        self.waiting = 0  # blocking queries waiting now
         self._entries: dict[str, _Entry] = {}
         self._by_name: dict[str, set[str]] = {}
         self._by_tag: dict[str, set[str]] = {}
@@ -289,13 +298,18 @@ class Registry:
         """
         if index != self._index:
             return self._index
+        if self.waiting >= self.max_waiters:
+            raise TooManyWaiters(self.max_waiters)
         if self._changed is None:
             self._changed = asyncio.get_running_loop().create_future()
+        self.waiting += 1
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._changed)
         except TimeoutError:
             pass
+        finally:
+            self.waiting -= 1
         return self._index
 
     def wake_all(self) -> None:

@@ -23,7 +23,13 @@ BIN = Path(sys.executable).parent
 class Daemon:
     """A daemon started as a process, its JSON log lines written to a file we can read."""
 
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+    ):
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -34,6 +40,7 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             cwd=str(log_path.parent),
+            preexec_fn=preexec_fn,
         )
         self.pid = self.proc.pid
 
@@ -175,7 +182,11 @@ def start_master(tmp_path: Path) -> Iterator[Callable[..., Master]]:
     started: list[Master] = []
 
     def start(
-        *args: str, store: str | None = None, env: dict[str, str] | None = None, wait: bool = True
+        *args: str,
+        store: str | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        preexec_fn: Callable[[], Any] | None = None,
     ) -> Master:
         argv = [
             str(BIN / "picoapi-master"),
@@ -187,7 +198,9 @@ def start_master(tmp_path: Path) -> Iterator[Callable[..., Master]]:
             store or f"sqlite:///{tmp_path}/registry.db",
             *args,
         ]
-        master = Master(argv, tmp_path / f"master-{len(started)}.log", env=env)
+        master = Master(
+            argv, tmp_path / f"master-{len(started)}.log", env=env, preexec_fn=preexec_fn
+        )
         started.append(master)
         return master.start_wait() if wait else master
 
