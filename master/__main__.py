@@ -25,6 +25,7 @@ from master.shared.logs import configure_logging
 from master.shared.serving import Listener, raise_descriptor_limit
 from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
+from master.store.base import StoreLocked
 
 log = structlog.get_logger("master")
 
@@ -86,6 +87,11 @@ async def _serve(app: web.Application, config: MasterConfig, signals: StopSignal
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     try:
         await runner.setup()
+    except StoreLocked as exc:  # another master has the file: a configuration error
+        log.error("store_locked", reason=str(exc), store=config.store)
+        print(f"picoapi-master: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return EXIT_CONFIG
     except Exception as exc:  # the store failed to open: nothing to serve
         log.error("startup_failed", reason=str(exc), store=config.store)
         await runner.cleanup()

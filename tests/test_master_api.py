@@ -343,3 +343,19 @@ def test_a_held_id_answers_409_and_a_stranger_cannot_remove_it(master: Master) -
     assert master.request("DELETE", "/v1/services/web-1?instance=a:9501").status == 200
     events = [e for e in master.events() if e.get("event") == "id_conflict"]
     assert events and events[0]["holder"] == "a:9501" and events[0]["caller"] == "b:9501"
+
+
+def test_a_second_master_on_the_same_sqlite_file_exits_2_naming_it(
+    start_master: Any, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/one.db"
+    first = start_master(store=store)
+    second = start_master(store=store, wait=False)
+    assert second.wait(10) == 2
+    said = second.log_path.read_text()
+    assert f"{tmp_path}/one.db is in use by another master (pid {first.pid} " in said
+    assert "Traceback" not in said
+    assert first.request("PUT", "/v1/services/a", registration("a")).status == 200
+    first.stop()
+    third = start_master(store=store)  # once the holder is gone, the file is free again
+    assert "a" in {s["id"] for s in third.request("GET", "/v1/services").json()["services"]}

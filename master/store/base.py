@@ -30,6 +30,10 @@ class StoreError(Exception):
     """The store could not do what was asked (disk full, database locked, peer gone)."""
 
 
+class StoreLocked(StoreError):
+    """Another master holds the store (a SQLite file has one writer): start refused."""
+
+
 class Conflict(StoreError):
     """The record is no longer at the expected revision: someone else wrote it first."""
 

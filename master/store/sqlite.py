@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
 
 from master.model import Document, FieldError, canonical_document, encode, loads_json
-from master.store.base import Change, Snapshot, Store, StoredRecord, StoreError
+from master.store.base import Change, Snapshot, Store, StoredRecord, StoreError, StoreLocked
 
 log = structlog.get_logger("master.store.sqlite")
 
@@ -83,6 +86,7 @@ class SQLiteStore(Store):
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._revision = 0  # the last one handed out; committed ones are at most this
+        self._lock: IO[str] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -135,6 +139,9 @@ class SQLiteStore(Store):
         if self._conn is not None:
             await self._in_writer(self._conn.close)
             self._conn = None
+        if self._lock is not None:
+            self._lock.close()  # the flock goes with it
+            self._lock = None
         self._executor.shutdown()
 
     # --- on the event loop ---------------------------------------------------------------
@@ -183,6 +190,10 @@ class SQLiteStore(Store):
     def _open_sync(self) -> Snapshot:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._lock_sync()
+        try:
             conn = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
@@ -193,6 +204,32 @@ class SQLiteStore(Store):
             raise
         self._conn = conn
         return snapshot
+
+    def _lock_sync(self) -> None:
+        """One master per file: two would each keep their own view and diverge. An
+        exclusive flock on `<file>.lock`, held while open, says so at once; the lock file
+        names the holder. (flock is released by the kernel when the holder dies.)"""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 - held until close()
+        except OSError as exc:
+            raise StoreError(f"cannot open {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreLocked(
+                f"{self.path} is in use by another master ({holder}); one master per "
+                "SQLite file: stop that one, give this one another file, or use etcd:// "
+                "for several masters"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
 
     def _prepare(self, conn: sqlite3.Connection) -> Snapshot:
         """Set the pragmas, create, upgrade or check the schema, and read everything."""
