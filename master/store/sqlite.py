@@ -192,7 +192,10 @@ class SQLiteStore(Store):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        self._lock_sync()
+        if self._lock is None:  # opened again (a reread): the lock is ours already
+            self._lock_sync()
+        if self._conn is not None:
+            self._conn.close()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
