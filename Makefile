@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo bench bench-quick clean
+.PHONY: test lint demo cluster-demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/python deploy/demo.py
+
+# Three masters on a three-member etcd (needs etcd: Debian's etcd-server): kills one,
+# shows the others carry on, starts it again; Ctrl-C stops all.
+cluster-demo: $(STAMP)
+	$(BIN)/python deploy/cluster_demo.py
 
 clean:
 	rm -rf $(VENV) picoapi-data .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from master.config import parse_master_config
+from master.store.etcd import EtcdURL
 from tests.conftest import BIN, ROOT
 from tests.test_configs import POD_ENV, run_check, sidecar_check
 
@@ -33,6 +35,12 @@ SYSTEMD = DEPLOY / "systemd"
 # 1.29: native sidecars (restartPolicy on an init container) are on by default from here.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 MANIFESTS = sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml")
+# Three masters on a three-member etcd: a set of its own beside the base.
+K8S_ETCD = K8S / "etcd"
+ETCD_MANIFESTS = sorted(
+    path for path in K8S_ETCD.glob("*.yaml") if path.name != "kustomization.yaml"
+)
+COMPOSE_FILES = [COMPOSE / "compose.yaml", COMPOSE / "compose-etcd.yaml"]
 # How long the sidecar may take to deregister and exit on SIGTERM (CONTRACT section 3).
 SIDECAR_STOP_SECONDS = 5
 
@@ -55,6 +63,20 @@ def k8s_object(kind: str, name: str) -> dict[str, Any]:
         if doc["kind"] == kind and doc["metadata"]["name"] == name:
             return doc
     raise AssertionError(f"no {kind} {name} under {K8S}")
+
+
+def etcd_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in ETCD_MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                yield path, doc
+
+
+def etcd_object(kind: str, name: str) -> dict[str, Any]:
+    for _, doc in etcd_objects():
+        if doc["kind"] == kind and doc["metadata"]["name"] == name:
+            return doc
+    raise AssertionError(f"no {kind} {name} under {K8S_ETCD}")
 
 
 def container(containers: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -105,14 +127,18 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == [path.name for path in MANIFESTS]
 
 
+def kustomize_argv(folder: Path) -> list[str]:
+    """How to build `folder` here; skips the test when nothing can."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build", str(folder)]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize", str(folder)]
+    pytest.skip(f"neither kustomize nor kubectl is installed: {folder.name} is not built")
+
+
 def test_kustomize_builds_valid_objects() -> None:
     """The base as `kubectl apply -k` sees it, labels and image transformer applied."""
-    if shutil.which("kustomize"):
-        argv = ["kustomize", "build", str(K8S)]
-    elif shutil.which("kubectl"):
-        argv = ["kubectl", "kustomize", str(K8S)]
-    else:
-        pytest.skip("neither kustomize nor kubectl is installed: the base is not built")
+    argv = kustomize_argv(K8S)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     docs = [doc for doc in yaml.safe_load_all(proc.stdout) if doc is not None]
@@ -272,12 +298,15 @@ def test_example_sidecar_registers_with_the_master_service() -> None:
 
 
 def embedded_sidecar_files() -> Iterator[tuple[str, str]]:
-    for path, doc in k8s_objects():
+    for path, doc in [*k8s_objects(), *etcd_objects()]:
         if doc["kind"] == "ConfigMap":
             for key, text in doc.get("data", {}).items():
                 if key.endswith((".yaml", ".yml")):
                     yield f"{path.name}:{key}", text
     yield "compose/app-sidecar.yaml", (COMPOSE / "app-sidecar.yaml").read_text()
+    for name, config in load(COMPOSE / "compose-etcd.yaml").get("configs", {}).items():
+        if "content" in config:  # every inline config of this project is a sidecar's file
+            yield f"compose/compose-etcd.yaml:configs.{name}", config["content"]
     yield "systemd/nginx.yaml", (SYSTEMD / "nginx.yaml").read_text()
 
 
@@ -312,12 +341,13 @@ def test_embedded_kubernetes_file_needs_its_token(tmp_path: Path) -> None:
 SCHEMA = COMPOSE / "compose-spec.schema.json"
 
 
-def test_compose_file_matches_compose_spec_schema() -> None:
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_file_matches_compose_spec_schema(path: Path) -> None:
     schema = json.loads(SCHEMA.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = [
         f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(load(COMPOSE / "compose.yaml"))
+        for error in validator.iter_errors(load(path))
     ]
     assert errors == []
 
@@ -355,6 +385,305 @@ def test_compose_sidecar_file_names_the_compose_services() -> None:
     data = load(COMPOSE / "app-sidecar.yaml")
     assert data["master"]["url"] == "http://master:9500"
     assert "master" in services
+    assert data["service"]["address"] == "app"
+    assert data["sidecar"]["advertise"] == "app:9501"
+
+
+# --- several masters on etcd: kubernetes/etcd/ and compose/compose-etcd.yaml -------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", ETCD_MANIFESTS, ids=lambda p: f"etcd/{p.name}")
+def test_etcd_manifest_matches_kubernetes_schema(path: Path, version: str) -> None:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    assert docs, f"{path.name} holds no object"
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_etcd_kustomization_lists_every_manifest() -> None:
+    kustomization = load(K8S_ETCD / "kustomization.yaml")
+    assert kustomization["kind"] == "Kustomization"
+    assert sorted(kustomization["resources"]) == [path.name for path in ETCD_MANIFESTS]
+    assert kustomization["images"] == load(K8S / "kustomization.yaml")["images"]
+
+
+def test_etcd_kustomize_builds_valid_objects() -> None:
+    argv = kustomize_argv(K8S_ETCD)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    docs = [doc for doc in yaml.safe_load_all(proc.stdout) if doc is not None]
+    assert sorted(doc["kind"] for doc in docs) == sorted(doc["kind"] for _, doc in etcd_objects())
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSIONS[0], strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "picoapi"
+
+
+@pytest.mark.parametrize("name", ["secret.yaml", "master-service.yaml"])
+def test_etcd_set_carries_the_base_secret_and_service(name: str) -> None:
+    """The same objects as the base's: sidecars need no change to move between the two."""
+    ours = [doc for doc in yaml.safe_load_all((K8S_ETCD / name).read_text()) if doc]
+    base = [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+    assert ours == base
+
+
+def etcd_statefulset() -> dict[str, Any]:
+    return etcd_object("StatefulSet", "etcd")
+
+
+def etcd_flags(pod: dict[str, Any]) -> dict[str, str]:
+    command = container(pod["containers"], "etcd")["command"]
+    assert command[0] == "etcd"
+    return dict(arg.removeprefix("--").split("=", 1) for arg in command[1:])
+
+
+def etcd_member_names() -> list[str]:
+    statefulset = etcd_statefulset()
+    return [
+        f"{statefulset['metadata']['name']}-{n}" for n in range(statefulset["spec"]["replicas"])
+    ]
+
+
+def test_etcd_members_find_each_other_through_the_headless_service() -> None:
+    statefulset = etcd_statefulset()
+    spec = statefulset["spec"]
+    service = etcd_object("Service", spec["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    # The names must resolve before a member is ready, or the first election never comes.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["replicas"] == 3
+    pod = spec["template"]["spec"]
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    etcd = container(pod["containers"], "etcd")
+    ports = {port["name"]: port["containerPort"] for port in etcd["ports"]}
+    assert {p["name"]: ports[p["targetPort"]] for p in service["spec"]["ports"]} == {
+        "client": 2379,
+        "peer": 2380,
+    }
+    flags = etcd_flags(pod)
+    domain = service["metadata"]["name"]
+    assert flags["name"] == "$(POD_NAME)"
+    assert env_of(etcd)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert flags["initial-cluster"] == ",".join(
+        f"{name}=http://{name}.{domain}:{ports['peer']}" for name in etcd_member_names()
+    )
+    assert flags["initial-advertise-peer-urls"] == f"http://$(POD_NAME).{domain}:{ports['peer']}"
+    assert flags["advertise-client-urls"] == f"http://$(POD_NAME).{domain}:{ports['client']}"
+    assert flags["listen-client-urls"].endswith(f":{ports['client']}")
+    assert flags["listen-peer-urls"].endswith(f":{ports['peer']}")
+
+
+def test_etcd_keeps_its_data_on_a_claim_and_probes_its_metrics_port() -> None:
+    spec = etcd_statefulset()["spec"]
+    pod = spec["template"]["spec"]
+    etcd = container(pod["containers"], "etcd")
+    data_dir = etcd_flags(pod)["data-dir"]
+    mount, _ = next(
+        (m, None)
+        for m in etcd["volumeMounts"]
+        if data_dir.startswith(m["mountPath"].rstrip("/") + "/")
+    )
+    assert mount["name"] in [claim["metadata"]["name"] for claim in spec["volumeClaimTemplates"]]
+    metrics = etcd_flags(pod)["listen-metrics-urls"]
+    ports = {port["name"]: port["containerPort"] for port in etcd["ports"]}
+    assert metrics.endswith(f":{ports['metrics']}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = etcd[probe]["httpGet"]
+        assert get["port"] == "metrics" and get["path"].startswith("/health"), probe
+    # Alive without quorum (serializable), so losing quorum restarts no member.
+    assert "serializable=true" in etcd["livenessProbe"]["httpGet"]["path"]
+
+
+def etcd_master_pod() -> dict[str, Any]:
+    pod: dict[str, Any] = etcd_object("Deployment", "picoapi-master")["spec"]["template"]["spec"]
+    return pod
+
+
+def test_etcd_masters_are_three_on_every_member(tmp_path: Path) -> None:
+    deployment = etcd_object("Deployment", "picoapi-master")
+    assert deployment["spec"]["replicas"] == 3
+    master = container(etcd_master_pod()["containers"], "master")
+    env = env_of(master)
+    assert env["PICOAPI_STORE"] == "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379"
+    parsed = EtcdURL.parse(env["PICOAPI_STORE"])
+    assert parsed.endpoints == tuple(f"http://{name}.etcd:2379" for name in etcd_member_names())
+    # The master takes its whole environment (the token file as a stand-in: it is read).
+    tokens = tmp_path / "tokens"
+    tokens.write_text("change-me-sidecar-token\n")
+    config = parse_master_config([], {**env, "PICOAPI_TOKEN_FILE": str(tokens)})
+    assert config.store == env["PICOAPI_STORE"]
+    assert config.member_ttl == 10.0
+    assert "volumeClaimTemplates" not in deployment["spec"]  # nothing kept in the pod
+
+
+def test_etcd_masters_are_ready_only_with_etcd_and_alive_without() -> None:
+    master = container(etcd_master_pod()["containers"], "master")
+    port_names = {port["name"]: port["containerPort"] for port in master["ports"]}
+    listen_port = int(env_of(master)["PICOAPI_LISTEN"].rsplit(":", 1)[1])
+    paths = {}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = master[probe]["httpGet"]
+        assert port_names.get(get["port"], get["port"]) == listen_port
+        paths[probe] = get["path"]
+    assert paths == {
+        "startupProbe": "/healthz",
+        "readinessProbe": "/healthz?ready",  # 503 while etcd is out of reach
+        "livenessProbe": "/healthz",  # 200 while the master runs: no restart for etcd's sake
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "name_of_container"),
+    [("Deployment", "picoapi-master", "master"), ("StatefulSet", "etcd", "etcd")],
+)
+def test_etcd_set_runs_unprivileged_on_a_read_only_root(
+    kind: str, name: str, name_of_container: str
+) -> None:
+    pod = etcd_object(kind, name)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    spec = container(pod["containers"], name_of_container)
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["securityContext"]["allowPrivilegeEscalation"] is False
+    assert spec["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"cpu", "memory"} <= spec["resources"]["requests"].keys()
+    assert "memory" in spec["resources"]["limits"]
+
+
+def test_etcd_masters_token_file_comes_from_the_secret() -> None:
+    pod = etcd_master_pod()
+    master = container(pod["containers"], "master")
+    token_file = env_of(master)["PICOAPI_TOKEN_FILE"]
+    mount, volume = mount_at(pod, master, token_file)
+    relative = token_file[len(mount["mountPath"].rstrip("/")) + 1 :]
+    items = {item["path"]: item["key"] for item in volume["secret"]["items"]}
+    secret = etcd_object("Secret", volume["secret"]["secretName"])
+    assert items[relative] in secret["stringData"]
+
+
+def test_etcd_master_service_selects_the_masters_only() -> None:
+    service = etcd_object("Service", "picoapi-master")
+    selector = service["spec"]["selector"].items()
+    workloads = {
+        (doc["kind"], doc["metadata"]["name"]): doc["spec"]["template"]["metadata"]["labels"]
+        for _, doc in etcd_objects()
+        if doc["kind"] in ("Deployment", "StatefulSet")
+    }
+    selected = [key for key, labels in workloads.items() if selector <= labels.items()]
+    assert selected == [("Deployment", "picoapi-master")]
+    master = container(etcd_master_pod()["containers"], "master")
+    target = service["spec"]["ports"][0]["targetPort"]
+    assert target in [port["name"] for port in master["ports"]]
+
+
+def test_etcd_is_reached_by_the_masters_and_its_peers_only() -> None:
+    policy = etcd_object("NetworkPolicy", "etcd")["spec"]
+    etcd_labels = etcd_statefulset()["spec"]["template"]["metadata"]["labels"]
+    master_labels = etcd_object("Deployment", "picoapi-master")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert policy["podSelector"]["matchLabels"].items() <= etcd_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    allowed: dict[str, list[dict[str, str]]] = {}
+    for rule in policy["ingress"]:
+        for port in rule["ports"]:
+            allowed[port["port"]] = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+
+    def admits(port: str, labels: dict[str, str]) -> bool:
+        return any(match.items() <= labels.items() for match in allowed.get(port, []))
+
+    assert admits("client", master_labels) and admits("client", etcd_labels)
+    assert admits("peer", etcd_labels) and not admits("peer", master_labels)
+    example = k8s_object("Deployment", "example-app")["spec"]["template"]["metadata"]["labels"]
+    assert not admits("client", example)  # an application pod cannot write the registry
+
+
+def test_etcd_disruption_budgets_cover_both_workloads() -> None:
+    budgets = [doc for _, doc in etcd_objects() if doc["kind"] == "PodDisruptionBudget"]
+    covered = set()
+    for budget in budgets:
+        assert budget["spec"]["maxUnavailable"] == 1
+        match = budget["spec"]["selector"]["matchLabels"].items()
+        for _, doc in etcd_objects():
+            workload = doc["kind"] in ("Deployment", "StatefulSet")
+            if workload and match <= doc["spec"]["template"]["metadata"]["labels"].items():
+                covered.add(doc["metadata"]["name"])
+    assert covered == {"picoapi-master", "etcd"}
+
+
+# compose-etcd.yaml
+
+COMPOSE_ETCD = COMPOSE / "compose-etcd.yaml"
+
+
+def compose_etcd_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = load(COMPOSE_ETCD)["services"]
+    return services
+
+
+def compose_etcd_flags(service: dict[str, Any]) -> dict[str, str]:
+    """A member's flags: the shared entrypoint's and its own command's."""
+    argv = [*service["entrypoint"], *service["command"]]
+    assert Path(argv[0]).name == "etcd"
+    return dict(arg.removeprefix("--").split("=", 1) for arg in argv[1:])
+
+
+def test_compose_etcd_members_name_each_other() -> None:
+    services = compose_etcd_services()
+    members = sorted(name for name in services if name.startswith("etcd-"))
+    assert len(members) == 3
+    volumes = load(COMPOSE_ETCD)["volumes"]
+    cluster = ",".join(f"{name}=http://{name}:2380" for name in members)
+    for name in members:
+        flags = compose_etcd_flags(services[name])
+        assert flags["name"] == name
+        assert flags["initial-cluster"] == cluster
+        assert flags["initial-advertise-peer-urls"] == f"http://{name}:2380"
+        assert flags["advertise-client-urls"] == f"http://{name}:2379"
+        # Its data on a volume of its own.
+        (volume,) = (v for v in services[name]["volumes"] if v.endswith(":" + flags["data-dir"]))
+        assert volume.split(":")[0] == f"{name}-data" and f"{name}-data" in volumes
+        assert services[name]["read_only"] is True
+
+
+def test_compose_etcd_masters_use_every_member(tmp_path: Path) -> None:
+    services = compose_etcd_services()
+    members = sorted(name for name in services if name.startswith("etcd-"))
+    masters = sorted(name for name in services if name.startswith("master-"))
+    assert len(masters) == 3
+    published = set()
+    for name in masters:
+        master = services[name]
+        env = master["environment"]
+        assert EtcdURL.parse(env["PICOAPI_STORE"]).endpoints == tuple(
+            f"http://{member}:2379" for member in members
+        )
+        config = parse_master_config([], env)
+        assert config.listen_port == 9500
+        assert set(master["depends_on"]) == set(members)
+        (port,) = master["ports"]
+        published.add(port)
+        assert port.endswith(":9500")
+        assert "?ready" in " ".join(master["healthcheck"]["test"])
+    assert len(published) == 3  # one host port each
+
+
+def test_compose_etcd_sidecar_shares_the_app_namespace_and_lists_every_master() -> None:
+    services = compose_etcd_services()
+    sidecar = services["app-sidecar"]
+    mode, _, target = sidecar["network_mode"].partition(":")
+    assert (mode, target) == ("service", "app") and target in services
+    assert "ports" not in sidecar
+    assert any(port.endswith(":9501") for port in services["app"]["ports"])
+    # Its file is the inline config mounted where its command reads it.
+    path = sidecar["command"][-1]
+    (mounted,) = (c for c in sidecar["configs"] if c["target"] == path)
+    data = yaml.safe_load(load(COMPOSE_ETCD)["configs"][mounted["source"]]["content"])
+    masters = sorted(name for name in services if name.startswith("master-"))
+    assert data["master"]["url"] == [f"http://{name}:9500" for name in masters]
     assert data["service"]["address"] == "app"
     assert data["sidecar"]["advertise"] == "app:9501"
 
