@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         policy=CheckPolicy(config.check_allow),
         max_watchers=config.max_watchers,
         read_timeout=config.read_timeout,
+        max_document_bytes=config.max_document_bytes,
     )
     return daemon.run(serve(app, config))
 

@@ -37,10 +37,11 @@ from master.model import (
     convert,
     decode_registration,
     encode,
+    format_time,
     parse_duration,
 )
 from master.policy import CheckPolicy
-from master.registry import IdHeld, Registry, TooManyWaiters
+from master.registry import DocumentsFull, IdHeld, Registry, TooManyWaiters
 from master.shared.serving import request_done
 from master.store.base import Store, StoreError
 
@@ -129,6 +130,8 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         return error_response(exc)
     if isinstance(exc, FieldError):
         return error_response(ApiError.from_field_error(exc))
+    if isinstance(exc, DocumentsFull):
+        return error_response(PayloadTooLarge(str(exc), field="openapi"))
     if isinstance(exc, TooManyWaiters):
         return error_response(Unavailable(str(exc)))
     if isinstance(exc, IdHeld):
@@ -351,17 +354,24 @@ async def healthz(request: web.Request) -> web.Response:
     for a readiness probe."""
     registry, store = request.app[REGISTRY], request.app[STORE]
     stale = store.stale_for()
+    failure = registry.write_failure
     body: dict[str, Any] = {
-        "status": "ok" if stale is None else "degraded",
+        "status": "ok" if stale is None and failure is None else "degraded",
         "services": len(registry),
         "index": registry.index,
-        "store": {"url": store.describe(), "reachable": stale is None},
+        "store": {
+            "url": store.describe(),
+            "reachable": stale is None,
+            "writes": "ok" if failure is None else "failing",
+        },
         "cluster": request.app[OWNERSHIP].describe(),
     }
     if stale is not None:
         body["store"].update(unreachable_for_s=round(stale, 1), error=store.last_error)
+    if failure is not None:
+        body["store"].update(last_write_failed_at=format_time(failure[0]), error=failure[1])
     ready = "ready" in request.query
-    return json_response(body, 503 if ready and stale is not None else 200)
+    return json_response(body, 503 if ready and body["status"] != "ok" else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -39,11 +39,12 @@ def build_app(
     policy: CheckPolicy | None = None,
     max_watchers: int = 8_000,
     read_timeout: float = 10.0,
+    max_document_bytes: int = 128 << 20,
 ) -> web.Application:
     app = web.Application(
         middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
     )
-    registry = Registry(store, max_waiters=max_watchers)
+    registry = Registry(store, max_waiters=max_watchers, max_document_bytes=max_document_bytes)
     metrics = Metrics()
     # Several masters on one etcd share the checks; on a local store this one does all.
     ownership: Ownership = (

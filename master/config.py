@@ -45,6 +45,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 10_000
 DEFAULT_MAX_WATCHERS: Final = 8_000
 LIMIT_MAX: Final = 1_000_000
 DEFAULT_READ_TIMEOUT: Final = 10.0
+DEFAULT_MAX_DOCUMENT_BYTES: Final = 128 << 20
 
 
 class ReadTimeout(Duration):
@@ -71,6 +72,7 @@ class MasterConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_watchers: int = DEFAULT_MAX_WATCHERS
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
     config_file: Path | None = None
 
     @property
@@ -112,6 +114,12 @@ def _check_log_format(value: object, field: str, base: Path) -> str | None:
 
 def _check_member_ttl(value: object, field: str, base: Path) -> float:
     return float(MemberTTL.parse(value, field))
+
+
+def _check_bytes(value: object, field: str, base: Path) -> int:
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    return check_int(value, field, 1 << 20, 1 << 40)
 
 
 def _check_read_timeout(value: object, field: str, base: Path) -> float:
@@ -204,6 +212,13 @@ OPTIONS: Final = (
         f"blocking queries waiting at once, at most; past them 503 (default "
         f"{DEFAULT_MAX_WATCHERS})",
         _check_limit,
+    ),
+    Option(
+        "max_document_bytes",
+        "BYTES",
+        "the OpenAPI documents held, each distinct one once, at most this many bytes in "
+        "all; a new one past it is refused with 413 (default 134217728: 128 MiB)",
+        _check_bytes,
     ),
     Option(
         "read_timeout",

@@ -70,6 +70,16 @@ class IdHeld(Exception):
         self.holder = holder
 
 
+class DocumentsFull(Exception):
+    """A new document would take the stored documents past their cap (answered 413)."""
+
+    def __init__(self, size: int, held: int, cap: int) -> None:
+        super().__init__(
+            f"this OpenAPI document ({size} bytes) would take the documents the master "
+            f"holds past {cap} bytes (it holds {held}); see --max-document-bytes"
+        )
+
+
 class TooManyWaiters(Exception):
     """As many blocking queries wait as the master allows: this one is refused (503)."""
 
@@ -114,9 +124,16 @@ class _Answer:
 
 
 class Registry:
-    def __init__(self, store: Store, *, max_waiters: int = 8_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_waiters: int = 8_000,
+        max_document_bytes: int = 128 << 20,
+    ) -> None:
         self._store = store
         self.max_waiters = max_waiters
+        self.max_document_bytes = max_document_bytes
         self.waiting = 0  # blocking queries waiting now
         self._entries: dict[str, _Entry] = {}
         self._by_name: dict[str, set[str]] = {}
@@ -137,6 +154,8 @@ class Registry:
         self._answers: OrderedDict[tuple[object, ...], _Answer] = OrderedDict()
         self._answer_bytes = 0
         self._write_logs = Budget(log, "service_writes", LOGGED_WRITES_PER_SECOND)
+        # (when, why) the last write failed, until one succeeds: /healthz says so
+        self.write_failure: tuple[float, str] | None = None
 
     # --- loading and listening ---------------------------------------------------------
 
@@ -338,6 +357,13 @@ class Registry:
                     digest: str | None = openapi.sha256
                     if digest not in self._documents:
                         new_document = openapi
+                        held = self.document_bytes() - sum(
+                            len(self._documents[sha].body)
+                            for sha in self._orphaned(old, digest)
+                            if sha in self._documents
+                        )  # what this write lets go of makes room
+                        if held + len(openapi.body) > self.max_document_bytes:
+                            raise DocumentsFull(len(openapi.body), held, self.max_document_bytes)
                 elif openapi is KEEP:
                     digest = old.openapi_sha256 if old else None
                     if digest is not None and digest not in self._documents:
@@ -408,6 +434,10 @@ class Registry:
                 except Conflict as exc:
                     await self._caught_up(exc.revision)
                     continue
+                except StoreError as exc:
+                    self.write_failure = (time.time(), str(exc))
+                    raise
+                self.write_failure = None
                 await self._caught_up(revision)
                 log.info(event, service_id=record_id, name=old.name)
                 return old
@@ -566,9 +596,16 @@ class Registry:
                 expected=entry.modified if entry is not None else 0,
                 names=names,
             )
-            await self._caught_up(revision)
+        except Conflict:
+            raise
+        except StoreError as exc:
+            self.write_failure = (time.time(), str(exc))
+            raise
+        else:
+            self.write_failure = None
         finally:
             self._own.pop(new.id, None)
+        await self._caught_up(revision)
 
     def _orphaned(self, old: Record | None, digest: str | None) -> tuple[str, ...]:
         """The document `old` held that nobody holds once it holds `digest` instead."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from master.store.sqlite import SCHEMA_V2
 from tests import etcd_fixture
 from tests.conftest import Master, wait_until
 from tests.etcd_fixture import store_url
@@ -359,3 +361,24 @@ def test_a_second_master_on_the_same_sqlite_file_exits_2_naming_it(
     first.stop()
     third = start_master(store=store)  # once the holder is gone, the file is free again
     assert "a" in {s["id"] for s in third.request("GET", "/v1/services").json()["services"]}
+
+
+def test_healthz_says_when_writes_fail_and_when_they_work_again(
+    start_master: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "failing.db"
+    master = start_master(store=f"sqlite:///{path}")
+    assert master.request("PUT", "/v1/services/a", registration("a")).status == 200
+    with sqlite3.connect(path) as other:
+        other.execute("DROP TABLE services")  # as a full disk would: every commit fails
+    refused = master.request("PUT", "/v1/services/b", registration("b"))
+    assert refused.status == 503 and refused.headers["retry-after"] == "1"
+    health = master.request("GET", "/healthz")
+    assert health.status == 200  # alive: a liveness probe must not restart it
+    assert health.json()["status"] == "degraded"
+    assert health.json()["store"]["writes"] == "failing"
+    assert master.request("GET", "/healthz?ready").status == 503  # a readiness probe can tell
+    with sqlite3.connect(path) as other:
+        other.execute(SCHEMA_V2[0])
+    assert master.request("PUT", "/v1/services/b", registration("b")).status == 200
+    assert master.request("GET", "/healthz?ready").json()["store"]["writes"] == "ok"

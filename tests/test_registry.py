@@ -19,7 +19,7 @@ from master.model import (
     Status,
     canonical_document,
 )
-from master.registry import IdHeld, Registry
+from master.registry import DocumentsFull, IdHeld, Registry
 from master.store.memory import MemoryStore
 
 DOC = {"openapi": "3.0.3", "info": {"title": "web", "version": "1"}, "paths": {}}
@@ -216,3 +216,18 @@ async def test_an_id_is_held_by_its_instance_until_it_is_critical(registry: Regi
 async def test_a_deregistration_without_instance_is_an_operators(registry: Registry) -> None:
     await registry.put(registration(instance="a:9501"), KEEP)
     assert await registry.delete("web-1") is not None
+
+
+async def test_documents_have_a_cap_in_all_and_a_shared_one_counts_once() -> None:
+    registry = Registry(MemoryStore(), max_document_bytes=1 << 20)
+    await registry.load()
+    big = document(info={"title": "x" * 600_000, "version": "1"})
+    await registry.put(registration("a"), big)
+    await registry.put(registration("b"), big)  # the same document: no more bytes
+    other = document(info={"title": "y" * 600_000, "version": "2"})
+    with pytest.raises(DocumentsFull, match="past 1048576 bytes"):
+        await registry.put(registration("c"), other)
+    assert registry.get("c") is None
+    await registry.delete("a")
+    await registry.put(registration("b"), other)  # b lets go of big: room for the other
+    assert registry.document_bytes() == len(other.body)
