@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
@@ -53,10 +54,15 @@ SERVE_STOP: Final = (0.6, 0.1)
 SERVE_SHUTDOWN_TIMEOUT: Final = 0.4  # for a /health in flight, within SERVE_STOP
 CHECKS_STOP: Final = (0.15, 0.1)  # a check still running once nothing serves /health
 SESSION_CLOSE: Final = (0.25, 0.1)
+# A thread that parses YAML (a reload) or scans /proc (a process check) holds the GIL up to
+# this long while the event loop waits for it; Python's 5 ms made a /health answer wait for
+# many such turns. Free while only the loop runs: no other thread asks for the GIL then.
+GIL_SWITCH_SECONDS: Final = 0.001
 
 
 def run(config_path: str | Path, config: Config, log_format: str | None) -> int:
     configure_logging(log_format)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     return daemon.run(serve(Path(config_path), config))
 
 

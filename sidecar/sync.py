@@ -301,7 +301,7 @@ class SyncLoop:
                 self.desired.retire_done(service_id)
 
     async def _delete(self, master: MasterLink, service_id: str, reason: str = "") -> bool:
-        extra = {"reason": reason} if reason else {}
+        extra = {"because": reason} if reason else {}
         try:
             url = await self._client.delete(master, service_id, self.desired.instance)
         except IdConflict as exc:

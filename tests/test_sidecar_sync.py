@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,11 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from master.model import KEEP, FieldError, canonical_document, decode_registration
 from master.shared.daemon import cancel_and_wait
 from sidecar import sync as sync_module
-from sidecar.config import Config, load_config
+from sidecar.config import Config, default_instance, load_config
 from sidecar.desired import Desired
 from sidecar.master_client import MasterClient, MasterError
 from sidecar.sync import SyncLoop, SyncMetrics
@@ -473,3 +475,139 @@ async def test_a_master_that_does_not_answer_in_time(
         await MasterClient(session, timeout=0.2).put(config.master, "web-1", b"{}")
     assert str(caught.value) == f"{fake.url}: no answer within 200ms"
     assert time.monotonic() - started < 0.8
+
+
+# --- who holds the id ------------------------------------------------------------------------
+
+
+async def test_the_registration_names_this_sidecar_as_its_holder(
+    fake: FakeMaster, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, fake, openapi=False)
+    desired = Desired(config)
+    assert desired.instance == default_instance(9599) == f"{socket.gethostname()}:9599"
+    loop = SyncLoop(desired, MasterClient(session), session)
+    assert await loop.sync()
+    assert fake.puts()[0].json["instance"] == desired.instance
+    assert fake.holders["web-1"] == desired.instance
+    # a reload never changes who holds it, whatever the file says now
+    desired.update_config(with_tags(config, "b"))
+    assert desired.registration.instance == desired.instance
+
+
+async def test_an_id_held_by_another_instance_is_asked_for_at_the_resync_pace_then_taken_over(
+    fake: FakeMaster,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    fast_backoff: tuple[float, float],
+) -> None:
+    """The holder keeps the id: the sidecar logs id_conflict once (naming the holder),
+    shows it in its state, never exits, and asks again at every resync (never at the fast
+    backoff of an unreachable master), so once the holder turns critical it takes over."""
+    resync = 0.3
+    fake.holders["web-1"] = "other-host:9501"
+    loop, desired, registry = make_loop(make_config(tmp_path, fake, resync=resync), session)
+    with capture_logs() as logs:
+        async with running(loop) as task:
+            await eventually(lambda: len(fake.puts()) >= 4, timeout=3.0)
+            conflict = loop.state.conflict
+            assert conflict is not None and not task.done()
+            assert not loop.state.registered
+            fake.critical.add("web-1")  # the master's checks found the holder critical
+            await eventually(lambda: loop.state.registered, timeout=3.0)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(fake.puts())]
+    # The first gap is the document, fetched just after the first PUT: a change, sent at once.
+    assert min(gaps[1:]) >= resync * (1 - sync_module.RESYNC_JITTER) - 0.01, gaps
+    assert (conflict.holder, conflict.master_url) == ("other-host:9501", fake.url)
+    assert conflict.attempts >= 4
+    assert "held by other-host:9501" in conflict.message
+    refused = [e for e in logs if e["event"] == "id_conflict"]
+    assert len(refused) == 1, "said once per holder"
+    assert refused[0]["log_level"] == "warning" and refused[0]["holder"] == "other-host:9501"
+    assert refused[0]["instance"] == desired.instance
+    assert not [e for e in logs if e["event"] == "sync_failed"]
+    registered = [e for e in logs if e["event"] == "registered"]
+    assert registered[-1]["taken_over_from"] == "other-host:9501"
+    assert loop.state.conflict is None and fake.holders["web-1"] == desired.instance
+    assert loop.state.reachable is True
+    assert desired.document is not None
+    assert fake.documents["web-1"] == desired.document.sha256, "sent with the takeover"
+    assert registry.get_sample_value("picoapi_sidecar_sync_failures_total") == len(gaps)
+
+
+async def test_deregister_names_the_instance_and_leaves_another_holders_id(
+    fake: FakeMaster, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    fake.holders["web-1"], fake.documents["web-1"] = "other-host:9501", None
+    loop, desired, _ = make_loop(make_config(tmp_path, fake, openapi=False), session)
+    with capture_logs() as logs:
+        assert await loop.deregister(), "nothing of ours to remove: done"
+    delete = fake.seen[-1]
+    assert (delete.method, delete.query) == ("DELETE", {"instance": desired.instance})
+    assert fake.holders["web-1"] == "other-host:9501", "the holder keeps it"
+    assert [e["event"] for e in logs] == ["deregister_not_held"]
+    assert logs[0]["holder"] == "other-host:9501"
+
+
+async def test_an_edited_id_registers_the_new_one_and_deregisters_the_old(
+    fake: FakeMaster, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, fake)
+    loop, desired, _ = make_loop(config, session)
+    async with running(loop):
+        await eventually(lambda: fake.documents.get("web-1"))
+        fake.delete_failures = 1  # the first DELETE of the old id fails: tried again
+        before = len(fake.seen)
+        desired.update_config(
+            dataclasses.replace(config, service=dataclasses.replace(config.service, id="web-2"))
+        )
+        await eventually(lambda: "web-2" in fake.documents)
+        await eventually(lambda: fake.seen[-1].method == "DELETE")
+        assert [(s.method, s.path) for s in fake.seen[before:]] == [
+            ("PUT", "/v1/services/web-2"),
+            ("DELETE", "/v1/services/web-1"),
+        ]
+        assert desired.retired == [("web-1", config.master)], "kept until it is gone"
+        desired.mark_dirty()  # the next round (a resync) tries again
+        await eventually(lambda: not desired.retired)
+    new_put, old_delete = fake.seen[before], fake.seen[-1]
+    assert new_put.has_document, "the master holds no document for a new id"
+    assert old_delete.query == {"instance": desired.instance}
+    assert "web-1" not in fake.holders and "web-1" not in fake.documents
+    assert fake.holders["web-2"] == desired.instance
+    assert loop.state.registered and loop.state.master_url == fake.url
+
+
+async def test_an_id_edited_back_before_a_sync_is_not_deregistered(
+    fake: FakeMaster, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, fake, openapi=False)
+    loop, desired, _ = make_loop(config, session)
+    assert await loop.sync()
+    other = dataclasses.replace(config, service=dataclasses.replace(config.service, id="web-2"))
+    desired.update_config(other)
+    desired.update_config(config)
+    assert desired.retired == [("web-2", config.master)]
+    assert await loop.sync()
+    assert "web-1" in fake.holders
+    assert [s.method + " " + s.path for s in fake.seen[1:]] == [
+        "PUT /v1/services/web-1",
+        "DELETE /v1/services/web-2",  # never registered: a 404, gone either way
+    ]
+    assert desired.retired == []
+
+
+async def test_shutdown_deregisters_an_old_id_still_retired(
+    fake: FakeMaster, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, fake, openapi=False)
+    loop, desired, _ = make_loop(config, session)
+    assert await loop.sync()
+    fake.fail(1)  # the PUT of the new id fails: no master answered, the old id stays
+    desired.update_config(
+        dataclasses.replace(config, service=dataclasses.replace(config.service, id="web-2"))
+    )
+    assert not await loop.sync()
+    assert desired.retired and "web-1" in fake.holders
+    assert await loop.deregister()
+    assert desired.retired == [] and "web-1" not in fake.holders
