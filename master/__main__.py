@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store_url(config.store)
         auth = Auth(
             TokenFile(config.token_file) if config.token_file else None,
-            TokenFile(config.read_token_file) if config.read_token_file else None,
+            TokenFile(config.read_token_file, read_only=True) if config.read_token_file else None,
         )
     except (ValueError, TokenFileError) as exc:
         print(f"picoapi-master: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from master.auth import Auth
+from master.auth import Auth, may_write
 from master.cluster import Ownership
 from master.errors import (
     ApiError,
@@ -43,6 +43,7 @@ from master.model import (
 from master.policy import CheckPolicy
 from master.registry import DocumentsFull, IdHeld, Registry, TooManyWaiters
 from master.shared.serving import request_done
+from master.shared.tokens import EVERYTHING, Scope
 from master.store.base import Store, StoreError
 
 log = structlog.get_logger("master.api")
@@ -61,6 +62,7 @@ STORE: Final = web.AppKey("store", Store)
 OWNERSHIP: Final = web.AppKey("ownership", Ownership)
 POLICY: Final = web.AppKey("policy", CheckPolicy)
 READ_TIMEOUT: Final = web.AppKey("read_timeout", float)
+SCOPE: Final = "picoapi.scope"  # the request's token scope, where a token was asked for
 METRICS: Final = web.AppKey("metrics", Metrics)
 AUTH: Final = web.AppKey("auth", Auth)
 
@@ -107,7 +109,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         auth = app[AUTH]
         if auth.guards(request.method) and not _public(request.path):
-            auth.check(request.method, request.headers.get("Authorization"))
+            request[SCOPE] = auth.scope(request.method, request.headers, request.query)
         response = await handler(request)
     except Exception as exc:
         response = _error_answer(request, exc)
@@ -119,6 +121,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     app[METRICS].observe_request(request, response.status, time.perf_counter() - started)
     request_done(request)
     return response
+
+
+def scope_of(request: web.Request) -> Scope:
+    """What the caller's token may do (everything where no token is asked for)."""
+    scope: Scope = request.get(SCOPE, EVERYTHING)
+    return scope
 
 
 def _public(path: str) -> bool:
@@ -217,8 +225,10 @@ async def put_service(request: web.Request) -> web.Response:
     registration, openapi = decode_registration(raw, path_id=_record_id(request))
     if len(raw) > BODY_MAX and not isinstance(openapi, Document):
         raise too_large
-    refuse_check_url(request, registration.check.url if registration.check else None)
     registry = request.app[REGISTRY]
+    held = registry.get(registration.id)
+    may_write(scope_of(request), registration.name, held.name if held else None)
+    refuse_check_url(request, registration.check.url if registration.check else None)
     record, _ = await registry.put(registration, openapi)
     return raw_json_response(registry.encoded(record))
 
@@ -237,6 +247,8 @@ async def delete_service(request: web.Request) -> web.Response:
     instance = request.query.get("instance")
     if instance is not None:
         instance = convert(instance, Instance, "instance")
+    held = registry.get(_record_id(request))
+    may_write(scope_of(request), held.name if held else None)
     removed = await registry.delete(_record_id(request), instance=instance)
     if removed is None:
         raise NotFound(f"no service with id {_record_id(request)!r}")

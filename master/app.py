@@ -65,7 +65,11 @@ def build_app(
     metrics.add_figures(partial(registry_figures, registry))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        loaded = await registry.load()
+        try:
+            loaded = await registry.load()
+        except BaseException:
+            await store.close()  # an etcd client's session, a file lock: let go of them
+            raise
         log.info(
             "registry_loaded",
             store=store.describe(),

@@ -1,16 +1,22 @@
-"""Who may do what: writes need a write token; reads a read or write token, if set."""
+"""Who may do what: writes need a write token, reads a read or write token if set; a
+token's scope may limit it to reading, or to services whose name has a given prefix.
+
+A token comes as `Authorization: Bearer <token>`, or as Consul clients send it:
+`X-Consul-Token: <token>` or `?token=<token>`.
+"""
 
 from __future__ import annotations
 
-from master.errors import Unauthorized
-from master.shared.tokens import TokenFile
+from collections.abc import Mapping
+
+from master.errors import Forbidden, Unauthorized
+from master.shared.tokens import EVERYTHING, Scope, TokenFile
 
 READS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
+ASK: str = "a valid token is required: 'Authorization: Bearer <token>' (or X-Consul-Token)"
 
 
 class Auth:
-    """Who may do what: writes need a write token; reads a read or write token, if set."""
-
     def __init__(self, write: TokenFile | None, read: TokenFile | None) -> None:
         self.write = write
         self.read = read
@@ -19,28 +25,49 @@ class Auth:
         """Does a request of `method` need a token at all? (Open by default: no cost.)"""
         return (self.read if method in READS else self.write) is not None
 
-    def check(self, method: str, authorization: str | None) -> None:
-        if not self.allows(method, authorization):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    def scope(self, method: str, headers: Mapping[str, str], query: Mapping[str, str]) -> Scope:
+        """What the caller may do; Unauthorized without a token good for `method`."""
+        is_write = method not in READS
+        if not self.guards(method):
+            return EVERYTHING if is_write or self.write is None else self._any(headers, query)
+        token = presented(headers, query)
+        scope = None
+        if token is not None:
+            scope = self.write.scope(token) if self.write is not None else None
+            if scope is None and self.read is not None and not is_write:
+                scope = self.read.scope(token)  # a read token is no token for a write
+        if scope is None:
+            raise Unauthorized(ASK)
+        if is_write and not scope.write:
+            raise Forbidden("this token may only read")
+        return scope
+
+    def _any(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Scope:
+        """Reads are open, writes guarded: a write token read here keeps its scope."""
+        token = presented(headers, query)
+        found = self.write.scope(token) if self.write is not None and token else None
+        return found or EVERYTHING
 
     def allows(self, method: str, authorization: str | None) -> bool:
-        is_write = method not in READS
-        if is_write and self.write is None:
-            return True
-        if not is_write and self.read is None:
-            return True
-        token = _bearer(authorization)
-        if token is None:
+        try:
+            self.scope(method, {"Authorization": authorization or ""}, {})
+        except (Unauthorized, Forbidden):
             return False
-        if self.write is not None and self.write.accepts(token):
-            return True
-        return not is_write and self.read is not None and self.read.accepts(token)
+        return True
 
 
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+def presented(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The token as Bearer, X-Consul-Token or ?token= (Consul's clients use the last two)."""
+    header = headers.get("Authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return headers.get("X-Consul-Token") or query.get("token") or None
+
+
+def may_write(scope: Scope, *names: str | None) -> None:
+    """Forbidden unless the token's scope covers every service name given."""
+    for name in names:
+        if name is not None and not scope.covers(name):
+            raise Forbidden(f"this token may {scope.describe()}s, not {name!r}")

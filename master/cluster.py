@@ -116,13 +116,15 @@ class Membership:
 
     def _on_members(self, members: dict[str, int]) -> None:
         names = sorted(members)
-        if names == self._members:
+        member = self.name in members  # our key lapsed while we could not renew it: out
+        if names == self._members and member == self._in:
             return
         joined = sorted(set(names) - set(self._members))
         left = sorted(set(self._members) - set(names))
         self._members = names
-        log.info("members_changed", members=len(names), joined=joined, left=left, me=self.name)
-        self._in = self.name in members  # our key lapsed while we could not renew it: out
+        if joined or left:
+            log.info("members_changed", members=len(names), joined=joined, left=left, me=self.name)
+        self._in = member
         self._notify()
 
     def _notify(self) -> None:
@@ -148,6 +150,11 @@ class Membership:
         await self.store.put_member(self.name, value, lease)
         self._lease, self._renewed = lease, time.monotonic()
         log.info("member_joined", member=self.name, ttl=granted)
+        if not self._in and self.name in self._members:
+            # Back after a lapse with the same name: the member list looks unchanged, so
+            # no watch event would say we are in again.
+            self._in = True
+            self._notify()
 
     async def _keep_alive(self) -> None:
         """Renew the lease a third of a TTL apart; rejoin if it is gone; stop checking

@@ -38,8 +38,10 @@ from master.api import (
     raw_json_response,
     read_body,
     refuse_check_url,
+    scope_of,
 )
-from master.errors import BadRequest, PayloadTooLarge, Unauthorized
+from master.auth import may_write
+from master.errors import BadRequest, PayloadTooLarge
 from master.model import (
     ADDRESS_MAX,
     KEEP,
@@ -188,18 +190,18 @@ def picoapi_name(record: Record) -> str:
 async def register(request: web.Request) -> web.Response:
     """PUT or GET /register. Answers `null`, as picoapi's master did (its handler returned None)."""
     # A GET passes the middleware as a read; it writes, so it needs what a PUT needs.
-    if request.method == "GET" and not request.app[AUTH].allows(
-        "PUT", request.headers.get("Authorization")
-    ):
-        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    scope = scope_of(request)
+    if request.method == "GET":
+        scope = request.app[AUTH].scope("PUT", request.headers, request.query)
     raw = await read_body(request)
     if len(raw) > BODY_MAX:
         raise PayloadTooLarge("a picoapi registration is limited to 1 MiB")
     registration = parse_picoapi(loads_json(raw))
-    if registration.check is not None:
-        refuse_check_url(request, registration.check.url, field="healthcheck.url")
     registry = request.app[REGISTRY]
     held = registry.get(registration.id)
+    may_write(scope, registration.name, held.name if held else None)
+    if registration.check is not None:
+        refuse_check_url(request, registration.check.url, field="healthcheck.url")
     if held is not None and picoapi_name(held) != registration.meta[PICOAPI_NAME]:
         raise BadRequest(
             f"{registration.meta[PICOAPI_NAME]!r} maps to the service id {registration.id!r}, "

@@ -382,3 +382,49 @@ def test_healthz_says_when_writes_fail_and_when_they_work_again(
         other.execute(SCHEMA_V2[0])
     assert master.request("PUT", "/v1/services/b", registration("b")).status == 200
     assert master.request("GET", "/healthz?ready").json()["store"]["writes"] == "ok"
+
+
+def test_a_scoped_token_writes_only_its_services(start_master: Any, tmp_path: Path) -> None:
+    (tmp_path / "write").write_text(
+        "# ops: everything; the web team: web-*; dashboards: read only\n"
+        "ops-token\n"
+        "web-token write web-*   # rotated 2026-12\n"
+        "dash-token read\n"
+    )
+    master = start_master("--token-file", str(tmp_path / "write"), store="memory://")
+
+    def put(ident: str, name: str, token: str) -> Any:
+        body = registration(ident, name=name)
+        return master.request(
+            "PUT", f"/v1/services/{ident}", body, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    assert put("web-1", "web-a", "web-token").status == 200
+    refused = put("db-1", "db", "web-token")
+    assert refused.status == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert "web-*" in refused.json()["error"]["message"]
+    assert put("db-1", "db", "ops-token").status == 200
+    stolen = put("db-1", "web-x", "web-token")  # renaming another's record into its scope
+    assert stolen.status == 403
+    removed = master.request(
+        "DELETE", "/v1/services/db-1", headers={"Authorization": "Bearer web-token"}
+    )
+    assert removed.status == 403
+    assert put("x", "web-x", "dash-token").status == 403  # read only
+    consul = master.request("DELETE", "/v1/services/web-1", headers={"X-Consul-Token": "ops-token"})
+    assert consul.status == 200  # the token as Consul clients send it
+    log = "".join(m.log_path.read_text() for m in [master])
+    assert "web-token" not in log and "ops-token" not in log  # no token is ever logged
+
+
+def test_reads_take_the_token_as_consul_clients_send_it(start_master: Any, tmp_path: Path) -> None:
+    (tmp_path / "write").write_text("w\n")
+    (tmp_path / "read").write_text("r\n")
+    master = start_master(
+        "--token-file", str(tmp_path / "write"), "--read-token-file", str(tmp_path / "read")
+    )
+    path = "/v1/catalog/services"
+    assert master.request("GET", path).status == 401
+    assert master.request("GET", path, headers={"X-Consul-Token": "r"}).status == 200
+    assert master.request("GET", f"{path}?token=r").status == 200
+    assert master.request("GET", f"{path}?token=wrong").status == 401
