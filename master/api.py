@@ -367,6 +367,8 @@ async def healthz(request: web.Request) -> web.Response:
     registry, store = request.app[REGISTRY], request.app[STORE]
     stale = store.stale_for()
     failure = registry.write_failure
+    if failure is not None and (store.reachable_again_at or 0) > failure[0]:
+        failure = None  # it failed while the store was away, and the store is back
     body: dict[str, Any] = {
         "status": "ok" if stale is None and failure is None else "degraded",
         "services": len(registry),

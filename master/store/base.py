@@ -84,6 +84,7 @@ class Store(abc.ABC):
 
     feed: Feed | None = None
     last_error: str | None = None  # why the store was last out of reach
+    reachable_again_at: float | None = None  # wall time it was last found reachable again
 
     def subscribe(self, feed: Feed) -> None:
         """Changes after the snapshot `open` returned go to `feed`, in revision order."""

@@ -304,6 +304,7 @@ class EtcdStore(Store):
             )
             self.stale_since = None
             self.last_error = None
+            self.reachable_again_at = time.time()
 
     def _set_members(self, members: dict[str, int]) -> None:
         self._members_now = dict(members)
