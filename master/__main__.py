@@ -9,6 +9,7 @@ store still closes, so every write acknowledged is on disk.
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from typing import Final
 
@@ -22,7 +23,7 @@ from master.policy import CheckPolicy
 from master.shared import daemon
 from master.shared.daemon import StopSignals, bound_address, listen_socket
 from master.shared.logs import configure_logging
-from master.shared.serving import Listener, raise_descriptor_limit
+from master.shared.serving import Listener, raise_descriptor_limit, server_tls
 from master.shared.tokens import TokenFile, TokenFileError
 from master.store import open_store_url
 from master.store.base import StoreLocked
@@ -107,10 +108,18 @@ async def _serve(app: web.Application, config: MasterConfig, signals: StopSignal
     listener = Listener(
         runner, max_connections=connection_limit(config), header_timeout=config.read_timeout
     )
-    await listener.start(sock)
+    try:
+        tls = server_tls(str(config.tls_cert), str(config.tls_key)) if config.tls_cert else None
+    except (ssl.SSLError, OSError) as exc:
+        log.error("tls_failed", reason=str(exc), cert=str(config.tls_cert))
+        print(f"picoapi-master: --tls-cert/--tls-key: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return EXIT_CONFIG
+    await listener.start(sock, tls)
     log.info(
         "master_started",
         listen=bound_address(sock),
+        scheme="https" if tls else "http",
         store=config.store,
         pid=os.getpid(),
         max_connections=listener.max_connections,

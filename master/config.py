@@ -73,6 +73,8 @@ class MasterConfig:
     max_watchers: int = DEFAULT_MAX_WATCHERS
     read_timeout: float = DEFAULT_READ_TIMEOUT
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    tls_cert: Path | None = None  # with tls_key: serve HTTPS
+    tls_key: Path | None = None
     config_file: Path | None = None
 
     @property
@@ -114,6 +116,15 @@ def _check_log_format(value: object, field: str, base: Path) -> str | None:
 
 def _check_member_ttl(value: object, field: str, base: Path) -> float:
     return float(MemberTTL.parse(value, field))
+
+
+def _check_readable(value: object, field: str, base: Path) -> Path:
+    path = base / check_text(value, field, 4096)
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        raise FieldError(field, f"cannot read {str(path)!r}: {exc.strerror}") from None
+    return path
 
 
 def _check_bytes(value: object, field: str, base: Path) -> int:
@@ -214,6 +225,13 @@ OPTIONS: Final = (
         _check_limit,
     ),
     Option(
+        "tls_cert",
+        "FILE",
+        "serve HTTPS with this certificate chain (PEM); needs --tls-key",
+        _check_readable,
+    ),
+    Option("tls_key", "FILE", "the private key of --tls-cert (PEM)", _check_readable),
+    Option(
         "max_document_bytes",
         "BYTES",
         "the OpenAPI documents held, each distinct one once, at most this many bytes in "
@@ -295,6 +313,9 @@ def parse_master_config(argv: list[str], environ: Mapping[str, str]) -> MasterCo
     if doc is not None:
         by_line = sorted(doc.problems, key=lambda p: p.line or 0)
         problems = [*by_line, *problems]
+    if ("tls_cert" in values) != ("tls_key" in values):
+        given, missing = ("--tls-cert", "--tls-key")[:: 1 if "tls_cert" in values else -1]
+        problems.append(Problem("", None, missing, f"{given} needs {missing} too"))
     if problems:
         raise ConfigError(problems)
     host, port = values.pop("listen", DEFAULT_LISTEN)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import ssl as ssl_module
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -56,6 +57,14 @@ def raise_descriptor_limit() -> tuple[int, int]:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def server_tls(cert: str, key: str) -> ssl_module.SSLContext:
+    """An HTTPS server context (TLS 1.2 at least); ssl.SSLError for a bad pair."""
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def error_body(status: int, message: str, code: str | None = None) -> bytes:
@@ -199,9 +208,9 @@ class Listener:
         loop = asyncio.get_running_loop()
         return GuardedHandler(server, loop=loop, listener=self, **self._handler_args)
 
-    async def start(self, sock: Any) -> None:
+    async def start(self, sock: Any, ssl: ssl_module.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self, sock=sock)
+        self._server = await loop.create_server(self, sock=sock, ssl=ssl)
 
     def stop(self) -> None:
         """Stop accepting (the runner's cleanup then ends the connections; waiting for
