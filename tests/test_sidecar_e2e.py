@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from master.model import canonical_document
 from tests.conftest import BIN, Daemon, Master, http_request, wait_until
+from tests.netns import Namespaces, NetnsError, ip_binary, ns_http
 from tests.service_fixture import NodeService, start_node_service
 
 
@@ -463,3 +466,200 @@ async def test_a_second_sigterm_shortens_the_wait_but_still_deregisters(
     cut = [e for e in events if e["event"] == "stop_step_cut_short"]
     assert [e["step"] for e in cut] == ["deregister"]
     assert names[-1] == "sidecar_stopped" and events[-1]["exit_code"] == 0
+
+
+# --- ids, the master's view, tokens ------------------------------------------------------------
+
+
+def test_an_edited_service_id_deregisters_the_old_one(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    text = sidecar_yaml(service, master.url, port)
+    sidecar = start_sidecar(text, port)
+    first = wait_until(lambda: record(master), message="registered")
+    assert first["instance"] == sidecar.status()["instance"]
+    assert sidecar.status()["instance"] == f"{socket.gethostname()}:{port}"
+    _edit_in_place(sidecar.config_path, text.replace("id: node-api-1", "id: node-api-2"))
+    wait_until(
+        lambda: record(master, "node-api-2") and record(master, "node-api-1") is None,
+        timeout=3,
+        message="the new id registered, the old one gone",
+    )
+    gone = sidecar.wait_for_event("deregistered", service_id="node-api-1")
+    assert gone["because"] == "service.id changed"
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+    assert record(master, "node-api-2") is None
+
+
+def test_status_says_at_once_when_the_master_is_away_and_stops_checking(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    """The master SIGKILLed: the next resync fails and /status says unreachable; three
+    check intervals (1 s) with no check from it and /status says it is not checking."""
+    master = start_master()
+    port = free_port()
+    sidecar = start_sidecar(sidecar_yaml(service, master.url, port, resync="1s"), port)
+    up = wait_until(
+        lambda: (s := sidecar.status())["master"]["checking"] and s,
+        message="the master checking the sidecar",
+    )
+    assert up["master"]["reachable"] is True and up["master"]["error"] is None
+    master.kill()
+    killed = time.monotonic()
+    away = wait_until(
+        lambda: (s := sidecar.status())["master"]["reachable"] is False and s,
+        timeout=3,
+        interval=0.02,
+        message="unreachable at the first failed sync",
+    )
+    assert time.monotonic() - killed < 1.5, "the next resync (1 s, +-10 %) failed"
+    assert "connection refused" in away["master"]["error"]
+    assert away["master"]["since"] is not None
+    silent = wait_until(
+        lambda: (s := sidecar.status())["master"]["checking"] is False and s,
+        timeout=6,
+        interval=0.02,
+        message="not checking after three intervals",
+    )
+    assert 1.5 < time.monotonic() - killed < 4.5
+    assert silent["master"]["checking_since"] is not None
+    assert http_request("GET", f"{sidecar.url}/health").status == 200, "still serving"
+
+
+def test_no_token_is_ever_logged(
+    start_master: Any, start_sidecar: Any, service: NodeService, tmp_path: Path
+) -> None:
+    """The write token (master.token_file) and the drain token (sidecar.token_file) go
+    through every path that logs: start, refusals of both, a bad and a good reload, a drain
+    with a wrong and the right token, shutdown. Neither ever shows in the log."""
+    write_token, drain_token = "wr1te-0f-the-master-7d1", "dra1n-0f-the-sidecar-52e"
+    master_tokens = tmp_path / "master-tokens"
+    master_tokens.write_text(f"{write_token}\n")
+    (tmp_path / "write-token").write_text(f"# for the master\n{write_token}\n")
+    (tmp_path / "drain-token").write_text(f"{drain_token}\n")
+    master = start_master("--token-file", str(master_tokens))
+    port = free_port()
+    text = (
+        sidecar_yaml(service, master.url, port, resync="1s").replace(
+            "master:\n", "master:\n  token_file: write-token\n"
+        )
+        + "  token_file: drain-token\n"
+    )
+    sidecar = start_sidecar(text, port)
+    wait_until(lambda: record(master), message="registered with the token")
+    _edit_in_place(sidecar.config_path, text.replace("tags: [a, b]", "tags: [a, c]"))
+    wait_until(lambda: record(master)["tags"] == ["a", "c"], timeout=5)  # type: ignore[index]
+    # the master stops taking this token (rotated): 401s, logged as sync_failed
+    master_tokens.write_text("another-token\n")
+    sidecar.wait_for_event("sync_failed")
+    master_tokens.write_text(f"{write_token}\n")
+    wait_until(lambda: sidecar.status()["failures"] == 0, timeout=6, message="taken again")
+    _edit_in_place(sidecar.config_path, text.replace(f"port: {service.port}", "port: x"))
+    sidecar.wait_for_event("config_rejected")
+    drain = f"{sidecar.url}/drain"
+    assert http_request("POST", drain).status == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert http_request("POST", drain, headers=wrong).status == 401
+    right = {"Authorization": f"Bearer {drain_token}"}
+    answer = http_request("POST", drain, headers=right)
+    assert answer.json()["drained"] is True, answer
+    assert record(master) is None
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+    log = sidecar.log_path.read_text()
+    assert "sync_failed" in log and "config_rejected" in log and "deregistered" in log
+    assert write_token not in log and drain_token not in log
+
+
+# A caller at another address than loopback: a namespace of the test's own, where the
+# sidecar listens on every address and the caller connects to the namespace's own veth
+# address (10.231.78.2, which lives only in there), so the sidecar sees a peer that is not
+# loopback. Every packet stays inside that namespace.
+NS_ADDRESS = "10.231.78.2"
+_NS_POST = """
+import http.client, json, sys
+host, port, path, method, token = sys.argv[1:6]
+conn = http.client.HTTPConnection(host, int(port), timeout=5)
+headers = {"Authorization": f"Bearer {token}"} if token else {}
+conn.request(method, path, headers=headers)
+answer = conn.getresponse()
+print(json.dumps({"status": answer.status, "allow": answer.getheader("Allow"),
+                  "body": json.loads(answer.read() or b"null")}))
+"""
+
+
+@pytest.mark.netns
+def test_drain_from_another_address_needs_the_token(tmp_path: Path) -> None:
+    spaces = Namespaces(ip_binary())
+    daemons: list[Daemon] = []
+    try:
+        ns = spaces.add("drain")
+        try:
+            spaces.run(ns, "link", "set", "lo", "up")
+            spaces.run(ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+            spaces.run(ns, "addr", "add", f"{NS_ADDRESS}/24", "dev", "v0")
+            spaces.run(ns, "link", "set", "v0", "up")
+            spaces.run(ns, "link", "set", "v1", "up")
+        except NetnsError as exc:
+            pytest.skip(f"cannot make a veth pair here: {exc}")
+        master = Master(
+            spaces.exec_argv(
+                ns,
+                [str(BIN / "picoapi-master"), "--listen", "127.0.0.1:9500", "--store",
+                 "memory://", "--log-format", "json"],
+            ),
+            tmp_path / "master.log",
+        )  # fmt: skip
+        daemons.append(master)
+        master.wait_for_event("master_started")
+        path = tmp_path / "service.yaml"
+        text = (
+            "service:\n  name: web\n  id: web-ns\n  address: 127.0.0.1\n  port: 8080\n"
+            "master:\n  url: http://127.0.0.1:9500\n"
+            "sidecar:\n  listen: 0.0.0.0:9501\n  advertise: 127.0.0.1:9501\n"
+        )
+        path.write_text(text)
+        sidecar = Daemon(
+            spaces.exec_argv(
+                ns, [str(BIN / "picoapi-sidecar"), "--log-format", "json", "run", str(path)]
+            ),
+            tmp_path / "sidecar.log",
+        )
+        daemons.append(sidecar)
+        sidecar.wait_for_event("registered")
+
+        def ask(method: str, token: str = "", host: str = NS_ADDRESS) -> dict[str, Any]:
+            argv = [sys.executable, "-I", "-S", "-c", _NS_POST, host, "9501", "/drain"]
+            done = subprocess.run(
+                spaces.exec_argv(ns, [*argv, method, token]),
+                capture_output=True,
+                text=True,
+                timeout=15,
+                stdin=subprocess.DEVNULL,
+            )
+            assert done.returncode == 0, done.stderr
+            answer: dict[str, Any] = json.loads(done.stdout)
+            return answer
+
+        refused = ask("POST")
+        assert refused["status"] == 403 and refused["body"]["error"]["code"] == "forbidden"
+        assert ask("POST", "any-token")["status"] == 403, "no token file: no token opens it"
+        got = ask("GET")
+        assert (got["status"], got["allow"]) == (405, "POST")
+        assert ns_http(spaces, ns, "http://127.0.0.1:9500/v1/services/web-ns")[0] == 200
+        # a token file, by a reload: now the token opens it from anywhere, and only it
+        (tmp_path / "drain-token").write_text("ns-drain-token\n")
+        path.write_text(text + "  token_file: drain-token\n")
+        sidecar.wait_for_event("config_reloaded")
+        assert ask("POST")["status"] == 401
+        assert ask("POST", host="127.0.0.1")["status"] == 401, "loopback needs it too"
+        drained = ask("POST", "ns-drain-token")
+        assert drained["status"] == 200 and drained["body"]["drained"] is True
+        assert ns_http(spaces, ns, "http://127.0.0.1:9500/v1/services/web-ns")[0] == 404
+    finally:
+        for daemon in reversed(daemons):
+            daemon.stop()
+        spaces.close()
