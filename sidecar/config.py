@@ -240,11 +240,8 @@ class Config:
                 successes_before_passing=check.successes_before_passing,
                 deregister_after=DeregisterAfter(check.deregister_after),
             ),
-            **({"instance": holder} if _HAS_INSTANCE else {}),
+            instance=holder,
         )
-
-
-_HAS_INSTANCE: Final = "instance" in Registration.__struct_fields__
 
 
 def registration_json(

@@ -28,8 +28,11 @@ ERROR_TEXT_MAX: Final = 200  # of an answer that is not the master's error shape
 
 
 ID_CONFLICT: Final = "id_conflict"
-# The master's message names the holder: "... held by <instance> ...".
-_HOLDER_RE: Final = re.compile(r"held by (\S+)")
+# The master's message names the holder: "... is held by 'host:9501', which ...", quoted
+# as Python quotes a string (double quotes when it holds a single one), or bare.
+_HOLDER_RE: Final = re.compile(
+    r"""held by (?:'(?P<single>[^']*)'|"(?P<double>[^"]*)"|(?P<bare>[^\s,;)]+))"""
+)
 
 
 class MasterError(Exception):
@@ -49,7 +52,7 @@ class IdConflict(MasterError):
         self.url = url
         self.message = message
         found = _HOLDER_RE.search(message)
-        self.holder = found.group(1).rstrip(".,;:)") if found else None
+        self.holder = next((g for g in found.groups() if g is not None), None) if found else None
 
 
 @dataclass(frozen=True, slots=True)

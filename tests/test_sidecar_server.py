@@ -328,7 +328,8 @@ async def test_status_shows_an_id_held_by_another_instance(
     conflict = status["conflict"]
     assert conflict | {"since": None} == {
         "holder": "other-host:9501",
-        "message": "service web-1 is held by other-host:9501 (not critical); it keeps the id",
+        "message": "'web-1' is held by 'other-host:9501', which is not critical; refused "
+        "(a takeover is allowed once the holder is critical)",
         "master_url": fake.url,
         "since": None,
         "attempts": 1,

@@ -26,7 +26,7 @@ from master.shared.daemon import cancel_and_wait
 from sidecar import sync as sync_module
 from sidecar.config import Config, default_instance, load_config
 from sidecar.desired import Desired
-from sidecar.master_client import MasterClient, MasterError
+from sidecar.master_client import IdConflict, MasterClient, MasterError
 from sidecar.sync import SyncLoop, SyncMetrics
 from tests.service_fixture import unused_port
 
@@ -144,7 +144,10 @@ class FakeMaster:
 
 def conflict(ident: str, holder: str) -> web.Response:
     """The master's answer for an id another instance holds."""
-    message = f"service {ident} is held by {holder} (not critical); it keeps the id"
+    message = (  # the master's words (master.registry.IdHeld)
+        f"{ident!r} is held by {holder!r}, which is not critical; refused "
+        "(a takeover is allowed once the holder is critical)"
+    )
     error = {"code": "id_conflict", "message": message, "field": "id"}
     return web.json_response({"error": error}, status=409)
 
@@ -520,7 +523,7 @@ async def test_an_id_held_by_another_instance_is_asked_for_at_the_resync_pace_th
     assert min(gaps[1:]) >= resync * (1 - sync_module.RESYNC_JITTER) - 0.01, gaps
     assert (conflict.holder, conflict.master_url) == ("other-host:9501", fake.url)
     assert conflict.attempts >= 4
-    assert "held by other-host:9501" in conflict.message
+    assert "is held by 'other-host:9501'" in conflict.message
     refused = [e for e in logs if e["event"] == "id_conflict"]
     assert len(refused) == 1, "said once per holder"
     assert refused[0]["log_level"] == "warning" and refused[0]["holder"] == "other-host:9501"
@@ -611,3 +614,20 @@ async def test_shutdown_deregisters_an_old_id_still_retired(
     assert desired.retired and "web-1" in fake.holders
     assert await loop.deregister()
     assert desired.retired == [] and "web-1" not in fake.holders
+
+
+@pytest.mark.parametrize(
+    ("message", "holder"),
+    [
+        (
+            "'web-1' is held by 'host-a:9501', which is not critical; refused by 'b:1'",
+            "host-a:9501",
+        ),
+        ("'web-1' is held by \"it's:9501\", which is not critical", "it's:9501"),
+        ("web-1 is held by host-a:9501 (not critical)", "host-a:9501"),
+        ("web-1 is held by host-a:9501, which is not critical", "host-a:9501"),
+        ("the id is taken", None),
+    ],
+)
+def test_the_holder_is_read_off_the_masters_message(message: str, holder: str | None) -> None:
+    assert IdConflict([], "http://m:9500", message).holder == holder
