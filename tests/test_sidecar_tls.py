@@ -6,6 +6,7 @@ master here is a small aiohttp HTTPS server with certificates made by trustme.""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,8 @@ from sidecar.desired import Desired
 from sidecar.master_client import MasterClient, MasterError
 from sidecar.sync import SyncLoop
 from tests import test_sidecar_sync
+from tests.conftest import BIN, Daemon, http_request
+from tests.test_sidecar_e2e import free_port
 
 session = test_sidecar_sync.session  # bound, not imported: no F811 on uses
 
@@ -248,3 +251,42 @@ def test_each_bad_tls_file_is_named_at_its_line(
     message = str(raised.value)
     assert message.startswith(f"{path}{expected.format(tls=tmp_path / 'tls')}"), message
     assert len(raised.value.problems) == 1
+
+
+def test_a_real_sidecar_registers_with_the_real_master_over_https(
+    start_master: Any, tmp_path: Path
+) -> None:
+    """picoapi-master --tls-cert/--tls-key, and a sidecar that trusts its CA through
+    master.ca_file: registered, then deregistered at SIGTERM, over HTTPS."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "master.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "master.key"))
+    master = start_master(
+        "--tls-cert", str(tmp_path / "master.pem"), "--tls-key", str(tmp_path / "master.key")
+    )
+    started = master.wait_for_event("master_started")
+    assert started["scheme"] == "https"
+    url = f"https://{started['listen']}"
+    write_tls(tmp_path / "tls", ca)
+    port = free_port()
+    path = tmp_path / "service.yaml"
+    path.write_text(
+        "service:\n  name: web\n  id: web-tls\n  address: 127.0.0.1\n  port: 8080\n"
+        f"master:\n  url: {url}\n{FULL}"
+        f"sidecar:\n  listen: 127.0.0.1:{port}\n"
+    )
+    sidecar = Daemon(
+        [str(BIN / "picoapi-sidecar"), "--log-format", "json", "run", str(path)],
+        tmp_path / "sidecar.log",
+    )
+    try:
+        sidecar.wait_for_event("registered", master_url=url)
+        master.wait_for_event("service_registered", service_id="web-tls")
+        status = http_request("GET", f"http://127.0.0.1:{port}/status").json()
+        assert status["registered"] is True and status["master"]["reachable"] is True
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait(10) == 0
+        master.wait_for_event("service_deregistered", service_id="web-tls")
+    finally:
+        sidecar.stop()
