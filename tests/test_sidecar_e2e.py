@@ -663,3 +663,55 @@ def test_drain_from_another_address_needs_the_token(tmp_path: Path) -> None:
         for daemon in reversed(daemons):
             daemon.stop()
         spaces.close()
+
+
+def test_an_id_held_by_a_live_sidecar_is_refused_to_a_second_until_the_holder_is_critical(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    """Two sidecars with one service.id on one host, at two ports: two instances. The
+    second is refused (409 id_conflict, in its /status and log), never exits, and its
+    DELETE at shutdown leaves the holder's record alone. Once the holder is SIGKILLed and
+    the master finds it critical, the second takes the id over at its next resync."""
+    master = start_master()
+    host = socket.gethostname()
+    first_port, second_port = free_port(), free_port()
+    first = start_sidecar(sidecar_yaml(service, master.url, first_port), first_port, "a.yaml")
+    wait_until(lambda: (r := record(master)) and r["status"] == "passing", message="held")
+    assert record(master)["instance"] == f"{host}:{first_port}"  # type: ignore[index]
+
+    def second_sidecar(name: str) -> Sidecar:
+        text = sidecar_yaml(service, master.url, second_port, resync="1s")
+        started: Sidecar = start_sidecar(text, second_port, name)
+        return started
+
+    second = second_sidecar("b.yaml")
+    refused = second.wait_for_event("id_conflict")
+    assert refused["holder"] == f"{host}:{first_port}"
+    assert refused["instance"] == f"{host}:{second_port}" and refused["level"] == "warning"
+    conflict = wait_until(lambda: second.status()["conflict"], message="shown in /status")
+    assert conflict["holder"] == f"{host}:{first_port}"
+    assert second.status()["registered"] is False
+    held = record(master)
+    assert held is not None and held["check"]["url"] == f"http://127.0.0.1:{first_port}/health"
+    assert any(e["event"] == "id_conflict" for e in master.events()), "logged on both sides"
+    # the second one leaves: its DELETE names its instance, and the holder keeps the id
+    second.signal(signal.SIGTERM)
+    assert second.wait(10) == 0
+    assert "deregister_not_held" in [e["event"] for e in second.events()]
+    assert record(master)["instance"] == f"{host}:{first_port}"  # type: ignore[index]
+    # back again, refused again; then the holder dies without a word
+    again = second_sidecar("b2.yaml")
+    again.wait_for_event("id_conflict")
+    first.kill()
+    killed = time.monotonic()
+    taken = wait_until(
+        lambda: (r := record(master)) and r["instance"] == f"{host}:{second_port}" and r,
+        timeout=8,
+        message="taken over once the holder is critical",
+    )
+    assert time.monotonic() - killed < 5, "a check interval, then a resync"
+    assert taken["check"]["url"] == f"http://127.0.0.1:{second_port}/health"
+    wait_until(lambda: again.status()["conflict"] is None and again.status()["registered"])
+    registered = again.wait_for_event("registered")
+    assert registered["taken_over_from"] == f"{host}:{first_port}"
+    assert again.proc.poll() is None
