@@ -33,6 +33,7 @@ from master.shared.daemon import (
     listen_socket,
 )
 from master.shared.logs import configure_logging
+from master.shared.serving import Listener
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config, default_instance
 from sidecar.desired import Desired
@@ -54,6 +55,7 @@ SERVE_STOP: Final = (0.6, 0.1)
 SERVE_SHUTDOWN_TIMEOUT: Final = 0.4  # for a /health in flight, within SERVE_STOP
 CHECKS_STOP: Final = (0.15, 0.1)  # a check still running once nothing serves /health
 SESSION_CLOSE: Final = (0.25, 0.1)
+MAX_CONNECTIONS: Final = 256  # the master's checks, a kubelet's probes, a scrape or two
 # A thread that parses YAML (a reload) or scans /proc (a process check) holds the GIL up to
 # this long while the event loop waits for it; Python's 5 ms made a /health answer wait for
 # many such turns. Free while only the loop runs: no other thread asks for the GIL then.
@@ -123,8 +125,16 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     )
     owner.on_stop("stop_checks", lambda: sidecar.check.close(), CHECKS_STOP)
     await runner.setup()
-    owner.on_stop("stop_serving", runner.cleanup, SERVE_STOP)
-    await web.SockSite(runner, sock).start()
+    # The shared listener: bounded connections and header reads, and aiohttp's own
+    # refusals (a bad request line, headers too large) in the JSON error shape too.
+    listener = Listener(runner, max_connections=MAX_CONNECTIONS)
+
+    async def stop_serving() -> None:
+        listener.stop()
+        await runner.cleanup()
+
+    owner.on_stop("stop_serving", stop_serving, SERVE_STOP)
+    await listener.start(sock)
 
     async def deregister() -> None:
         current = desired.config

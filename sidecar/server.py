@@ -23,6 +23,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from master.model import Status, dumps_compact, format_time, to_builtins
+from master.shared.serving import request_done
 from master.shared.tokens import TokenFile, TokenFileError
 from sidecar.checks import SharedCheck
 from sidecar.config import Config, registration_json
@@ -229,21 +230,27 @@ async def guard_and_render(request: web.Request, handler: Any) -> web.StreamResp
         answer: web.StreamResponse = await handler(request)
         return answer
     except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 405:
-            allowed = exc.headers.get("Allow", "")
-            answer = _error(
-                405, f"{request.method} {request.path}: not allowed; use {allowed or 'none'}"
-            )
-            answer.headers["Allow"] = allowed
-            return answer
-        if exc.status == 404:
-            return _error(404, f"no such path: {request.path}")
-        return _error(exc.status, exc.reason)
+        return _render(request, exc)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         return _error(500, "the sidecar failed to answer; see its log")
+    finally:
+        request_done(request)  # the connection's header deadline starts over
+
+
+def _render(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    if exc.status < 400:
+        raise exc  # a redirect is an answer
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        answer = _error(
+            405, f"{request.method} {request.path}: not allowed; use {allowed or 'none'}"
+        )
+        answer.headers["Allow"] = allowed
+        return answer
+    if exc.status == 404:
+        return _error(404, f"no such path: {request.path}")
+    return _error(exc.status, exc.reason)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -715,3 +715,36 @@ def test_an_id_held_by_a_live_sidecar_is_refused_to_a_second_until_the_holder_is
     registered = again.wait_for_event("registered")
     assert registered["taken_over_from"] == f"{host}:{first_port}"
     assert again.proc.poll() is None
+
+
+def _raw(port: int, data: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send bytes as they are (a request no client library would make); the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_every_error_answer_of_the_sidecar_is_json(
+    start_sidecar: Any, service: NodeService
+) -> None:
+    """Its own (404, 405) and aiohttp's, made before any handler runs (a bad request line,
+    headers too large): all `{"error": {"code", "message"}}`."""
+    port = free_port()
+    start_sidecar(sidecar_yaml(service, f"http://127.0.0.1:{free_port()}", port), port)
+    close = b"Host: x\r\nConnection: close\r\n\r\n"
+    status, headers, body = _raw(port, b"GET /drain HTTP/1.1\r\n" + close)
+    assert (status, headers["Allow"], body["error"]["code"]) == (405, "POST", "method_not_allowed")
+    status, _, body = _raw(port, b"GET /nope HTTP/1.1\r\n" + close)
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    status, _, body = _raw(port, b"NOT HTTP AT ALL\r\n\r\n")
+    assert status == 400 and set(body["error"]) == {"code", "message"}
+    huge = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+    status, _, body = _raw(port, huge)
+    assert status in (400, 431) and set(body["error"]) == {"code", "message"}
+    assert http_request("GET", f"http://127.0.0.1:{port}/health").status == 200, "still serving"
