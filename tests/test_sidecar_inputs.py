@@ -25,8 +25,14 @@ from sidecar import config as config_module
 from sidecar import watch
 from sidecar.config import FILE_MAX, load_config
 from sidecar.watch import ConfigWatcher
-from tests.conftest import BIN, Daemon, http_request, wait_until
-from tests.test_sidecar_e2e import free_port, record
+from tests.conftest import BIN, Daemon, Master, http_request, wait_until
+from tests.service_fixture import unused_port as free_port
+
+
+def record(master: Master, ident: str) -> dict[str, Any] | None:
+    answer = master.request("GET", f"/v1/services/{ident}")
+    return answer.json() if answer.status == 200 else None
+
 
 SERVICE: Final = "service:\n  name: web\n  id: web-1\n  address: 127.0.0.1\n  port: {port}\n"
 HEALTH_WITHIN: Final = 0.1  # seconds: /health while a 1 MiB file parses

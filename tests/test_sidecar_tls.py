@@ -25,7 +25,7 @@ from sidecar.master_client import MasterClient, MasterError
 from sidecar.sync import SyncLoop
 from tests import test_sidecar_sync
 from tests.conftest import BIN, Daemon, http_request
-from tests.test_sidecar_e2e import free_port
+from tests.service_fixture import unused_port as free_port
 
 session = test_sidecar_sync.session  # bound, not imported: no F811 on uses
 
