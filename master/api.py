@@ -305,13 +305,18 @@ async def block(request: web.Request) -> None:
         return
     if not index_text.isdigit() or len(index_text) > 18:
         raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
+    await request.app[REGISTRY].wait(int(index_text), wait_of(request))
+
+
+def wait_of(request: web.Request) -> float:
+    """A blocking query's `wait` (default and limit 5m)."""
     wait = WAIT_DEFAULT
     if "wait" in request.query:
         try:
             wait = parse_duration(request.query["wait"], "wait")
         except FieldError as exc:
             raise BadRequest(exc.message, field="wait") from None
-    await request.app[REGISTRY].wait(int(index_text), min(wait, WAIT_MAX))
+    return min(wait, WAIT_MAX)
 
 
 def accepts_gzip(request: web.Request) -> bool:

@@ -101,7 +101,7 @@ def build_app(
             log.info("store_closed", store=store.describe())
 
     async def release_watchers(app: web.Application) -> None:
-        registry.wake_all()
+        registry.wake_everyone()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(release_watchers)

@@ -1,13 +1,18 @@
 """A read-only, Consul-compatible view of the registry, and Prometheus http_sd targets.
 
-Tools that speak Consul (Prometheus `consul_sd_configs`, Traefik, consul-template, the
-Go `consul/api` client) read the catalog from here unchanged: the field names are
-Consul's, blocking queries take `index` and `wait`, and every answer carries the
+Tools that speak Consul (Prometheus `consul_sd_configs`, Traefik, consul-template, the Go
+`consul/api` client, py-consul, node's `consul`) read the catalog from here unchanged: the
+field names are Consul's, blocking queries take `index` and `wait`, `filter=` is Consul's
+expression language (master.consul_filter: evaluated, or refused with 400, never ignored),
+tokens come as `X-Consul-Token` or `?token=` too, and every answer carries the
 `X-Consul-*` headers the Go client insists on (it fails without `X-Consul-LastContact`).
 
-We have no nodes: each service's address stands in for the node it runs on, with a node
-ID derived from it, in the one datacenter `dc1`. We keep no per-record raft index either,
-so CreateIndex and ModifyIndex are the registry's index at the time of the answer.
+We have no nodes: each service's address stands in for the node it runs on, with a node ID
+derived from it, in the one datacenter `dc1`. Each entry's CreateIndex and ModifyIndex are
+the revisions that created and last changed its record, and a blocking query on one
+service (`/v1/catalog/service/web?index=N`) wakes only when that service's entries change.
+What a Consul agent serves and we do not (agent writes, KV, sessions, ACLs...) answers 501
+`read-only catalog: not supported`, which Consul clients raise as an error.
 """
 
 from __future__ import annotations
@@ -15,11 +20,26 @@ from __future__ import annotations
 import re
 import socket
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from aiohttp import web
 
-from master.api import REGISTRY, block, json_response, parse_bool, parse_status
+from master.api import (
+    REGISTRY,
+    block,
+    json_response,
+    parse_bool,
+    parse_status,
+    wait_of,
+)
+from master.consul_filter import (
+    CATALOG_SERVICE_FIELDS,
+    HEALTH_SERVICE_FIELDS,
+    FilterError,
+    compile_filter,
+)
+from master.errors import ApiError, BadRequest
 from master.model import Record, Status, format_duration
 
 DATACENTER: Final = "dc1"
@@ -32,13 +52,39 @@ CONSUL_STATUS: Final = {
 }
 WEIGHTS: Final = {"Passing": 1, "Warning": 1}
 META_LABEL_PREFIX: Final = "__meta_picoapi_"
+# `meta` keys a service sets to say where Prometheus should scrape it.
+METRICS_PATH_META: Final = "metrics_path"
+METRICS_PORT_META: Final = "metrics_port"
 _NOT_IN_LABEL_RE: Final = re.compile(r"[^a-zA-Z0-9_]")
+# Consul's routes that a read-only catalog does not serve, whatever the method.
+NOT_SERVED: Final = (
+    "/v1/agent/{tail:.*}",
+    "/v1/kv/{tail:.*}",
+    "/v1/session/{tail:.*}",
+    "/v1/acl/{tail:.*}",
+    "/v1/event/{tail:.*}",
+    "/v1/txn",
+    "/v1/catalog/register",
+    "/v1/catalog/deregister",
+    "/v1/coordinate/{tail:.*}",
+    "/v1/connect/{tail:.*}",
+    "/v1/config/{tail:.*}",
+    "/v1/operator/{tail:.*}",
+    "/v1/query/{tail:.*}",
+    "/v1/snapshot",
+)
 
 
-def _consul_response(request: web.Request, body: Any) -> web.Response:
+class NotSupported(ApiError):
+    status = 501
+    code = "not_supported"
+
+
+def _consul_response(request: web.Request, body: Any, index: int | None = None) -> web.Response:
     """JSON with the headers every Consul read answer carries."""
     response = json_response(body)
-    response.headers["X-Consul-Index"] = str(request.app[REGISTRY].index)
+    shown = request.app[REGISTRY].index if index is None else index
+    response.headers["X-Consul-Index"] = str(max(shown, 1))  # 0 makes clients spin
     response.headers["X-Consul-KnownLeader"] = "true"
     response.headers["X-Consul-LastContact"] = "0"
     return response
@@ -47,6 +93,38 @@ def _consul_response(request: web.Request, body: Any) -> web.Response:
 def _node_id(address: str) -> str:
     """A stable node ID per address, in Consul's UUID form."""
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, address))
+
+
+def _check_datacenter(request: web.Request) -> None:
+    dc = request.query.get("dc")
+    if dc is not None and dc != DATACENTER:
+        raise BadRequest(
+            f"no datacenter {dc!r}: this catalog is the one datacenter {DATACENTER!r}",
+            field="dc",
+            code="unknown_datacenter",
+        )
+
+
+def _filter(request: web.Request, fields: dict[str, Any]) -> Callable[[Any], bool] | None:
+    text = request.query.get("filter")
+    if text is None:
+        return None
+    try:
+        return compile_filter(text, fields)
+    except FilterError as exc:
+        raise BadRequest(str(exc), field="filter", code="invalid_filter") from None
+
+
+async def _block_on_name(request: web.Request, name: str) -> int:
+    """A blocking query on one service: wakes when that service's entries change."""
+    _check_datacenter(request)
+    registry = request.app[REGISTRY]
+    index_text = request.query.get("index")
+    if index_text is not None:
+        if not index_text.isdigit() or len(index_text) > 18:
+            raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
+        await registry.wait_name(name, int(index_text), wait_of(request))
+    return registry.name_index(name)
 
 
 def _instances(request: web.Request) -> list[Record]:
@@ -58,79 +136,97 @@ def _instances(request: web.Request) -> list[Record]:
 
 
 async def catalog_services(request: web.Request) -> web.Response:
-    """`{name: [tags]}`, each name with the union of its instances' tags."""
+    """`{name: [tags]}`, each name with the union of its instances' tags; with `filter=`,
+    the names with at least one instance the filter holds for."""
+    _check_datacenter(request)
+    keep = _filter(request, CATALOG_SERVICE_FIELDS)
     await block(request)
-    return _consul_response(request, request.app[REGISTRY].names())
+    registry = request.app[REGISTRY]
+    if keep is None:
+        return _consul_response(request, registry.names())
+    body: dict[str, list[str]] = {}
+    for record in registry.query():
+        if keep(_catalog_entry(request, record)):
+            tags = body.setdefault(record.name, [])
+            tags += [t for t in record.tags if t not in tags]
+    return _consul_response(request, dict(sorted(body.items())))
 
 
 async def catalog_service(request: web.Request) -> web.Response:
-    """The instances of one service as Consul CatalogService objects; `?tag=` filters."""
-    await block(request)
-    index = request.app[REGISTRY].index
-    body = []
-    for record in _instances(request):
-        registration = record
-        body.append(
-            {
-                "ID": _node_id(registration.address),
-                "Node": registration.address,
-                "Address": registration.address,
-                "Datacenter": DATACENTER,
-                "TaggedAddresses": {},
-                "NodeMeta": {},
-                "ServiceID": registration.id,
-                "ServiceName": registration.name,
-                "ServiceAddress": registration.address,
-                "ServicePort": registration.port,
-                "ServiceTags": list(registration.tags),
-                "ServiceMeta": dict(registration.meta),
-                "ServiceWeights": WEIGHTS,
-                "ServiceEnableTagOverride": False,
-                "CreateIndex": index,
-                "ModifyIndex": index,
-            }
-        )
-    return _consul_response(request, body)
+    """The instances of one service as Consul CatalogService objects; `?tag=`, `filter=`."""
+    keep = _filter(request, CATALOG_SERVICE_FIELDS)
+    name = request.match_info["name"]
+    index = await _block_on_name(request, name)
+    entries = [_catalog_entry(request, record) for record in _instances(request)]
+    return _consul_response(request, _kept(entries, keep), index)
+
+
+def _catalog_entry(request: web.Request, record: Record) -> dict[str, Any]:
+    created, modified = request.app[REGISTRY].indexes(record.id)
+    return {
+        "ID": _node_id(record.address),
+        "Node": record.address,
+        "Address": record.address,
+        "Datacenter": DATACENTER,
+        "TaggedAddresses": {},
+        "NodeMeta": {},
+        "ServiceID": record.id,
+        "ServiceName": record.name,
+        "ServiceAddress": record.address,
+        "ServicePort": record.port,
+        "ServiceTags": list(record.tags),
+        "ServiceMeta": dict(record.meta),
+        "ServiceWeights": WEIGHTS,
+        "ServiceEnableTagOverride": False,
+        "CreateIndex": created,
+        "ModifyIndex": modified,
+    }
+
+
+def _kept(entries: Iterable[dict[str, Any]], keep: Callable[[Any], bool] | None) -> list[Any]:
+    return [entry for entry in entries if keep is None or keep(entry)]
 
 
 # --- /v1/health ------------------------------------------------------------------------
 
 
 async def health_service(request: web.Request) -> web.Response:
-    """Instances with their node and checks; `?passing` keeps passing ones, `?tag=` filters."""
+    """Instances with their node and checks; `?passing` keeps passing ones, `?tag=` and
+    `filter=` filter."""
     passing_only = parse_bool(request, "passing")
-    await block(request)
-    index = request.app[REGISTRY].index
-    body = [
-        _service_entry(record, index)
+    keep = _filter(request, HEALTH_SERVICE_FIELDS)
+    name = request.match_info["name"]
+    index = await _block_on_name(request, name)
+    entries = (
+        _service_entry(request, record)
         for record in _instances(request)
         if not passing_only or record.status is Status.PASSING
-    ]
-    return _consul_response(request, body)
+    )
+    return _consul_response(request, _kept(entries, keep), index)
 
 
-def _service_entry(record: Record, index: int) -> dict[str, Any]:
-    registration = record
-    node = registration.address
+def _service_entry(request: web.Request, record: Record) -> dict[str, Any]:
+    created, modified = request.app[REGISTRY].indexes(record.id)
+    node = record.address
     checks = []
-    if registration.check is not None:
+    if record.check is not None:
         last = record.last_check
         checks.append(
             {
                 "Node": node,
-                "CheckID": f"service:{registration.id}",
-                "Name": f"Service '{registration.name}' check",
+                "CheckID": f"service:{record.id}",
+                "Name": f"Service '{record.name}' check",
                 "Status": CONSUL_STATUS[record.status],
                 "Notes": "",
                 "Output": last.output if last else "not checked yet",
-                "ServiceID": registration.id,
-                "ServiceName": registration.name,
-                "ServiceTags": list(registration.tags),
+                "ServiceID": record.id,
+                "ServiceName": record.name,
+                "ServiceTags": list(record.tags),
                 "Type": "http",
-                "Interval": format_duration(registration.check.interval),
-                "Timeout": format_duration(registration.check.timeout_s),
-                "CreateIndex": index,
-                "ModifyIndex": index,
+                "Interval": format_duration(record.check.interval),
+                "Timeout": format_duration(record.check.timeout_s),
+                "CreateIndex": created,
+                "ModifyIndex": modified,
             }
         )
     return {
@@ -141,26 +237,26 @@ def _service_entry(record: Record, index: int) -> dict[str, Any]:
             "Datacenter": DATACENTER,
             "TaggedAddresses": {},
             "Meta": {},
-            "CreateIndex": index,
-            "ModifyIndex": index,
+            "CreateIndex": created,
+            "ModifyIndex": modified,
         },
         "Service": {
-            "ID": registration.id,
-            "Service": registration.name,
-            "Tags": list(registration.tags),
-            "Address": registration.address,
-            "Meta": dict(registration.meta),
-            "Port": registration.port,
+            "ID": record.id,
+            "Service": record.name,
+            "Tags": list(record.tags),
+            "Address": record.address,
+            "Meta": dict(record.meta),
+            "Port": record.port,
             "Weights": WEIGHTS,
             "EnableTagOverride": False,
-            "CreateIndex": index,
-            "ModifyIndex": index,
+            "CreateIndex": created,
+            "ModifyIndex": modified,
         },
         "Checks": checks,
     }
 
 
-# --- /v1/agent/self --------------------------------------------------------------------
+# --- /v1/agent/self, /v1/status --------------------------------------------------------
 
 
 async def agent_self(request: web.Request) -> web.Response:
@@ -178,6 +274,19 @@ async def agent_self(request: web.Request) -> web.Response:
     )
 
 
+async def status_leader(request: web.Request) -> web.Response:
+    """Some clients ask who leads before anything else: this master answers for itself."""
+    return _consul_response(request, request.host)
+
+
+async def not_supported(request: web.Request) -> web.Response:
+    raise NotSupported(
+        f"read-only catalog: not supported: {request.method} {request.path} (this is a "
+        "PicoAPI master: it serves the catalog and health views, not agent writes, KV, "
+        "sessions or ACLs)"
+    )
+
+
 # --- /v1/prometheus/targets ------------------------------------------------------------
 
 
@@ -192,23 +301,28 @@ async def prometheus_targets(request: web.Request) -> web.Response:
 
 
 def _target_group(record: Record) -> dict[str, Any]:
-    registration = record
-    host = registration.address
+    """One instance: its target (the metrics port from `meta.metrics_port` when given),
+    `__scheme__`, `__metrics_path__` (from `meta.metrics_path`) and its own labels."""
+    host = record.address
     if ":" in host and not host.startswith("["):  # an IPv6 address needs its brackets
         host = f"[{host}]"
+    port = record.meta.get(METRICS_PORT_META, str(record.port))
     labels = {
-        f"{META_LABEL_PREFIX}service": registration.name,
-        f"{META_LABEL_PREFIX}id": registration.id,
+        "__scheme__": record.scheme,
+        f"{META_LABEL_PREFIX}service": record.name,
+        f"{META_LABEL_PREFIX}id": record.id,
         f"{META_LABEL_PREFIX}status": record.status.value,
         # Leading and trailing commas, as consul_sd does, so `.*,tag,.*` matches a whole tag.
-        f"{META_LABEL_PREFIX}tags": "," + ",".join(registration.tags) + ",",
-        f"{META_LABEL_PREFIX}address": registration.address,
-        f"{META_LABEL_PREFIX}port": str(registration.port),
-        f"{META_LABEL_PREFIX}scheme": registration.scheme,
+        f"{META_LABEL_PREFIX}tags": "," + ",".join(record.tags) + ",",
+        f"{META_LABEL_PREFIX}address": record.address,
+        f"{META_LABEL_PREFIX}port": str(record.port),
+        f"{META_LABEL_PREFIX}scheme": record.scheme,
     }
-    for key, value in sorted(registration.meta.items()):
+    if METRICS_PATH_META in record.meta:
+        labels["__metrics_path__"] = record.meta[METRICS_PATH_META]
+    for key, value in sorted(record.meta.items()):
         labels[f"{META_LABEL_PREFIX}meta_{_NOT_IN_LABEL_RE.sub('_', key)}"] = value
-    return {"targets": [f"{host}:{registration.port}"], "labels": labels}
+    return {"targets": [f"{host}:{port}"], "labels": labels}
 
 
 def add_routes(app: web.Application) -> None:
@@ -216,4 +330,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/catalog/service/{name}", catalog_service)
     app.router.add_get("/v1/health/service/{name}", health_service)
     app.router.add_get("/v1/agent/self", agent_self)
+    app.router.add_get("/v1/status/leader", status_leader)
     app.router.add_get("/v1/prometheus/targets", prometheus_targets)
+    for path in NOT_SERVED:  # after the served ones: they are matched first
+        app.router.add_route("*", path, not_supported)

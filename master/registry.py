@@ -151,6 +151,11 @@ class Registry:
         self._index = 0
         self._changed: asyncio.Future[None] | None = None  # made when someone waits
         self._version = 0  # moves on every change in memory, also those the index ignores
+        # each service name's last change (the revision a record of it moved or went), and
+        # the watchers of one name: a blocking query on a name wakes only for that name
+        self._name_index: dict[str, int] = {}
+        self._name_changed: dict[str, asyncio.Future[None]] = {}
+        self._names_touched: set[str] = set()
         self._answers: OrderedDict[tuple[object, ...], _Answer] = OrderedDict()
         self._answer_bytes = 0
         self._write_logs = Budget(log, "service_writes", LOGGED_WRITES_PER_SECOND)
@@ -167,6 +172,12 @@ class Registry:
             self._documents[sha] = Document(sha, body)
         for record_id, stored in snapshot.records.items():
             self._apply_record(record_id, stored, snapshot.revision, notify=True)
+        for record_id in snapshot.records:
+            entry = self._entries.get(record_id)
+            if entry is not None:  # a name's index is its newest record's, at load
+                name = entry.record.name
+                self._name_index[name] = max(self._name_index.get(name, 0), entry.modified)
+        self._names_touched.clear()
         self._index = snapshot.revision
         self._store.subscribe(self._apply)
         return len(self._entries)
@@ -334,6 +345,43 @@ class Registry:
     def wake_all(self) -> None:
         """Answer every blocking query now (at shutdown), without moving the index."""
         changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set_result(None)
+
+    def wake_everyone(self) -> None:
+        """At shutdown: the watchers of every name too."""
+        self.wake_all()
+        for name in list(self._name_changed):
+            self._wake_name(name)
+
+    def name_index(self, name: str) -> int:
+        """The revision at which a record of `name` last changed (0: never, here)."""
+        return self._name_index.get(name, 0)
+
+    async def wait_name(self, name: str, index: int, timeout: float) -> int:
+        """`wait`, for one service name: returns once that name's index passes `index`, or
+        after `timeout`. Consul's rule: a client may pass the index of another answer (the
+        catalog's), above this name's; it then waits for this name's next change."""
+        current = self._name_index.get(name, 0)
+        if current > index:
+            return current
+        if self.waiting >= self.max_waiters:
+            raise TooManyWaiters(self.max_waiters)
+        changed = self._name_changed.get(name)
+        if changed is None:
+            changed = self._name_changed[name] = asyncio.get_running_loop().create_future()
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(changed)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting -= 1
+        return self._name_index.get(name, 0)
+
+    def _wake_name(self, name: str) -> None:
+        changed = self._name_changed.pop(name, None)
         if changed is not None:
             changed.set_result(None)
 
@@ -513,6 +561,10 @@ class Registry:
                 self._documents[sha] = Document(sha, body)
         for record_id, stored in change.records.items():
             self._apply_record(record_id, stored, change.revision, notify=True)
+            for name in self._names_touched:
+                self._name_index[name] = change.revision
+                self._wake_name(name)
+            self._names_touched.clear()
         if change.revision > self._index:
             self._index = change.revision
             self.wake_all()
@@ -658,6 +710,8 @@ class Registry:
     ) -> None:
         old = entry.record if entry is not None else None
         self._version += 1
+        if notify:  # a change the index counts: the names it touched move too
+            self._names_touched.update(r.name for r in (old, new) if r is not None)
         self._count_document_users(old, new)
         if old is not None:
             self._unindex(old)

@@ -435,6 +435,15 @@ PATHS: Final[dict[str, Any]] = {
             errors=("401",),
         )
     },
+    "/v1/status/leader": {
+        "get": _get(
+            "consulStatusLeader",
+            "Consul: the leader's address (this master answers for itself)",
+            CATALOG,
+            _answer("host:port", {"type": "string"}, consul=True),
+            errors=("401",),
+        )
+    },
     "/v1/prometheus/targets": {
         "get": _get(
             "prometheusTargets",

@@ -273,6 +273,7 @@ async def test_prometheus_targets_are_http_sd_target_groups(
         {
             "targets": ["[::1]:5432"],
             "labels": {
+                "__scheme__": "http",
                 "__meta_picoapi_service": "db",
                 "__meta_picoapi_id": "db-1",
                 "__meta_picoapi_status": "passing",
@@ -285,6 +286,7 @@ async def test_prometheus_targets_are_http_sd_target_groups(
         {
             "targets": ["10.0.0.5:8080"],
             "labels": {
+                "__scheme__": "http",
                 "__meta_picoapi_service": "web",
                 "__meta_picoapi_id": "web-1",
                 "__meta_picoapi_status": "passing",
@@ -322,3 +324,111 @@ async def test_prometheus_targets_filter_by_tag_name_and_status(
     assert await ids("?name=web&status=passing") == ["web-1"]
     bad = await master.get("/v1/prometheus/targets?status=sick")
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "status"
+
+
+# --- filter=, dc=, per-entry indexes, what is not served ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expression", "expected"),
+    [
+        ("/v1/catalog/service/web", 'ServiceTags contains "eu"', ["web-1"]),
+        ("/v1/catalog/service/web", '"us" in ServiceTags', ["web-2"]),
+        ("/v1/catalog/service/web", "ServiceMeta.version == 2", ["web-2"]),
+        ("/v1/catalog/service/web", 'ServiceMeta.version != "2"', ["web-1"]),
+        (
+            "/v1/catalog/service/web",
+            "ServicePort == 8081 or ServiceID == web-1",
+            ["web-1", "web-2"],
+        ),
+        ("/v1/catalog/service/web", 'ServiceID matches "-2$"', ["web-2"]),
+        ("/v1/catalog/service/web", "ServiceMeta.team is empty", ["web-2"]),
+        ("/v1/catalog/service/web", "not (ServiceMeta.team is empty)", ["web-1"]),
+        ("/v1/catalog/service/web", '"eu" not in ServiceTags and ServicePort > 1', None),
+        ("/v1/health/service/web", "Checks.Status == passing", ["web-1"]),
+        ("/v1/health/service/web", "Checks.Status != passing", ["web-2"]),
+        ("/v1/health/service/web", "Service.Tags contains eu and Service.Port == 8080", ["web-1"]),
+        ("/v1/health/service/web", "Checks.Status ==", None),
+        ("/v1/health/service/web", "(Checks.Status == passing", None),
+    ],
+)
+async def test_filter_is_evaluated_or_refused_never_ignored(
+    master: TestClient[Any, Any], path: str, expression: str, expected: list[str] | None
+) -> None:
+    await register(master, "web-1", tags=["eu"], meta={"team": "data", "version": "1"},
+                   status=Status.PASSING)  # fmt: skip
+    await register(master, "web-2", tags=["us"], meta={"version": "2"}, port=8081,
+                   status=Status.CRITICAL)  # fmt: skip
+    answer = await master.get(path, params={"filter": expression})
+    if expected is None:
+        assert answer.status == 400, await answer.text()
+        error = (await answer.json())["error"]
+        assert (error["code"], error["field"]) == ("invalid_filter", "filter")
+        return
+    assert answer.status == 200, await answer.text()
+    body = await answer.json()
+    ids = sorted(e["ServiceID"] if "ServiceID" in e else e["Service"]["ID"] for e in body)
+    assert ids == expected
+
+
+async def test_an_unknown_selector_says_which_it_is(master: TestClient[Any, Any]) -> None:
+    answer = await master.get("/v1/catalog/service/web", params={"filter": "Service.Foo == x"})
+    assert answer.status == 400
+    message = (await answer.json())["error"]["message"]
+    assert "Service.Foo" in message and "ServiceTags" in message
+    services = await master.get("/v1/catalog/services", params={"filter": "ServiceName == web"})
+    assert services.status == 200
+
+
+async def test_another_datacenter_is_an_error_naming_ours(master: TestClient[Any, Any]) -> None:
+    for path in ("/v1/catalog/services", "/v1/catalog/service/web", "/v1/health/service/web"):
+        answer = await master.get(path, params={"dc": "eu-west"})
+        assert answer.status == 400
+        assert "dc1" in (await answer.json())["error"]["message"]
+        assert (await master.get(path, params={"dc": "dc1"})).status == 200
+
+
+async def test_entries_have_their_own_indexes_and_a_name_wakes_only_for_itself(
+    master: TestClient[Any, Any],
+) -> None:
+    await register(master, "web-1")
+    await register(master, "db-1", "db")
+    body, headers = await get(master, "/v1/catalog/service/web")
+    web_index = int(headers["X-Consul-Index"])
+    assert body[0]["CreateIndex"] == body[0]["ModifyIndex"] == web_index
+    db, _ = await get(master, "/v1/catalog/service/db")
+    assert db[0]["ModifyIndex"] > web_index  # registered later: its own index
+    waiting = asyncio.ensure_future(
+        get(master, f"/v1/health/service/web?index={web_index}&wait=2s")
+    )
+    await asyncio.sleep(0.2)
+    await register(master, "db-2", "db")  # another service's change: web's watcher sleeps on
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await register(master, "web-1", tags=["changed"])
+    body, headers = await asyncio.wait_for(waiting, 1.0)
+    assert int(headers["X-Consul-Index"]) > web_index
+    assert body[0]["Service"]["Tags"] == ["changed"]
+    assert body[0]["Service"]["CreateIndex"] == web_index < body[0]["Service"]["ModifyIndex"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/v1/agent/service/register"),
+        ("GET", "/v1/kv/config/app"),
+        ("PUT", "/v1/kv/config/app"),
+        ("PUT", "/v1/session/create"),
+        ("GET", "/v1/acl/tokens"),
+        ("PUT", "/v1/catalog/register"),
+        ("PUT", "/v1/txn"),
+    ],
+)
+async def test_what_is_not_served_says_so(
+    master: TestClient[Any, Any], method: str, path: str
+) -> None:
+    answer = await master.request(method, path)
+    assert answer.status == 501
+    error = (await answer.json())["error"]
+    assert error["code"] == "not_supported"
+    assert error["message"].startswith("read-only catalog: not supported")
