@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         max_watchers=config.max_watchers,
         read_timeout=config.read_timeout,
         max_document_bytes=config.max_document_bytes,
+        picoapi_deregister_after=config.picoapi_deregister_after,
     )
     return daemon.run(serve(app, config))
 

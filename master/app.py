@@ -19,6 +19,7 @@ from master.auth import Auth
 from master.cluster import DEFAULT_MEMBER_TTL, Membership, Ownership, Solo
 from master.health import HealthScheduler
 from master.metrics import Metrics, gauge
+from master.model import DEFAULT_DEREGISTER_AFTER
 from master.policy import CheckPolicy
 from master.registry import Registry
 from master.store.base import Store
@@ -40,6 +41,7 @@ def build_app(
     max_watchers: int = 8_000,
     read_timeout: float = 10.0,
     max_document_bytes: int = 128 << 20,
+    picoapi_deregister_after: float = DEFAULT_DEREGISTER_AFTER,
 ) -> web.Application:
     app = web.Application(
         middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
@@ -59,6 +61,7 @@ def build_app(
     app[api.OWNERSHIP] = ownership
     app[api.POLICY] = policy = policy or CheckPolicy()
     app[api.READ_TIMEOUT] = read_timeout
+    app[compat.PICOAPI_DEREGISTER_AFTER] = picoapi_deregister_after
     app[SCHEDULER] = HealthScheduler(
         registry, metrics, concurrency=check_concurrency, ownership=ownership, policy=policy
     )

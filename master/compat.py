@@ -8,8 +8,10 @@ a Registration here and go through the same registry calls as `/v1/services`.
 The mapping, and why:
 - picoapi names are FastAPI titles ("Example Service"), not our `[a-z0-9._-]` names, so
   the name and id become a slug ("example-service") and the original is kept in
-  `meta["picoapi_name"]`, which is what the picoapi routes show. id = name, as in picoapi,
-  so a restarted service replaces its entry; a slug already held by a different service is
+  `meta["picoapi_name"]`, which is what the picoapi routes show. The id is that name with
+  the host and port (picoapi's own id, the name alone, let a second replica replace the
+  first), so replicas sit side by side and a restarted service replaces only its own
+  entry; an id already held by a differently named service is
   refused rather than silently overwritten.
 - `port` and `healthcheck.interval` come from environment variables, so they may be strings;
   the interval is in seconds (picoapi's default 30 when absent or null).
@@ -44,6 +46,8 @@ from master.auth import may_write
 from master.errors import BadRequest, PayloadTooLarge
 from master.model import (
     ADDRESS_MAX,
+    DEFAULT_DEREGISTER_AFTER,
+    ID_MAX,
     KEEP,
     META_KEYS_MAX,
     META_VALUE_MAX,
@@ -85,6 +89,8 @@ NOT_RUNNING: Final = {"status": "not running!"}  # picoapi's answer when there i
 _SECONDS_RE: Final = re.compile(r"\s*\d+(\.\d+)?\s*")
 _PORT_RE: Final = re.compile(r"\s*\d{1,5}\s*")
 _NOT_IN_NAME_RE: Final = re.compile(r"[^a-z0-9._-]+")
+_NOT_IN_ID_RE: Final = re.compile(r"[^A-Za-z0-9._:@-]+")
+PICOAPI_DEREGISTER_AFTER: Final = web.AppKey("picoapi_deregister_after", float)
 
 
 # --- the picoapi body -> a Registration ------------------------------------------------
@@ -144,7 +150,7 @@ def _interval(value: object) -> float:
     return parse_duration(value, "healthcheck.interval")
 
 
-def _check(value: object) -> CheckSpec | None:
+def _check(value: object, deregister_after: float) -> CheckSpec | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -154,29 +160,49 @@ def _check(value: object) -> CheckSpec | None:
     interval = _interval(value.get("interval"))
     timeout = min(CHECK_TIMEOUT, interval / 2)
     spec: CheckSpec = convert(
-        {"url": value["url"], "interval": interval, "timeout": timeout}, CheckSpec, "healthcheck"
+        {
+            "url": value["url"],
+            "interval": interval,
+            "timeout": timeout,
+            "deregister_after": deregister_after,
+        },
+        CheckSpec,
+        "healthcheck",
     )
     return spec
 
 
-def parse_picoapi(body: object) -> Registration:
-    """Validate a picoapi registration body; unknown keys are ignored, as picoapi did."""
+def parse_picoapi(body: object, deregister_after: float = DEFAULT_DEREGISTER_AFTER) -> Registration:
+    """Validate a picoapi registration body; unknown keys are ignored, as picoapi did.
+
+    The id is the name's slug with the host and port: replicas of one service sit side by
+    side, and a service restarted where it was replaces only its own entry. A service with
+    a health check is removed after `deregister_after` critical (picoapi never removed a
+    dead one)."""
     if not isinstance(body, dict):
         raise FieldError("", "body must be a JSON object")
     for required in ("name", "host", "port"):
         if required not in body:
             raise FieldError(required, "is required", code="missing_field")
     name = check_text(body["name"], "name", META_VALUE_MAX)
-    ident = slug(name)
+    host = check_text(body["host"], "host", ADDRESS_MAX)
+    port = _port(body["port"])
     return Registration(
-        id=ident,
-        name=ident,
-        address=check_text(body["host"], "host", ADDRESS_MAX),
-        port=_port(body["port"]),
+        id=instance_id(slug(name), host, port),
+        name=slug(name),
+        address=host,
+        port=port,
         tags=_tags(body.get("tags")),
         meta=_meta(body.get("metadata"), name),
-        check=_check(body.get("healthcheck")),
+        check=_check(body.get("healthcheck"), deregister_after),
     )
+
+
+def instance_id(name: str, host: str, port: int) -> str:
+    """`<name>-<host>-<port>`, in the id's characters and length."""
+    where = _NOT_IN_ID_RE.sub("-", host).strip("-") or "host"
+    tail = f"-{where}-{port}"
+    return (name[: ID_MAX - len(tail)] + tail)[:ID_MAX]
 
 
 def picoapi_name(record: Record) -> str:
@@ -196,7 +222,8 @@ async def register(request: web.Request) -> web.Response:
     raw = await read_body(request)
     if len(raw) > BODY_MAX:
         raise PayloadTooLarge("a picoapi registration is limited to 1 MiB")
-    registration = parse_picoapi(loads_json(raw))
+    after = request.app.get(PICOAPI_DEREGISTER_AFTER, DEFAULT_DEREGISTER_AFTER)
+    registration = parse_picoapi(loads_json(raw), after)
     registry = request.app[REGISTRY]
     held = registry.get(registration.id)
     may_write(scope, registration.name, held.name if held else None)

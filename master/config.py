@@ -17,7 +17,14 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from master.cluster import DEFAULT_MEMBER_TTL
-from master.model import Duration, FieldError, check_int, check_text, format_duration
+from master.model import (
+    DeregisterAfter,
+    Duration,
+    FieldError,
+    check_int,
+    check_text,
+    format_duration,
+)
 from master.policy import IPNetwork, check_allow_option
 from master.shared.daemon import package_version
 from master.shared.tokens import TokenFileError, read_tokens
@@ -73,6 +80,7 @@ class MasterConfig:
     max_watchers: int = DEFAULT_MAX_WATCHERS
     read_timeout: float = DEFAULT_READ_TIMEOUT
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    picoapi_deregister_after: float = 600.0  # picoapi services' deregister_after
     tls_cert: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
     config_file: Path | None = None
@@ -131,6 +139,10 @@ def _check_bytes(value: object, field: str, base: Path) -> int:
     if isinstance(value, str) and value.strip().isdecimal():
         value = int(value)
     return check_int(value, field, 1 << 20, 1 << 40)
+
+
+def _check_deregister_after(value: object, field: str, base: Path) -> float:
+    return float(DeregisterAfter.parse(value, field))
 
 
 def _check_read_timeout(value: object, field: str, base: Path) -> float:
@@ -223,6 +235,13 @@ OPTIONS: Final = (
         f"blocking queries waiting at once, at most; past them 503 (default "
         f"{DEFAULT_MAX_WATCHERS})",
         _check_limit,
+    ),
+    Option(
+        "picoapi_deregister_after",
+        "DURATION",
+        "services registered through the original picoapi routes are removed after being "
+        "critical this long; 0 = never (default 10m)",
+        _check_deregister_after,
     ),
     Option(
         "tls_cert",

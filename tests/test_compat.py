@@ -80,7 +80,8 @@ async def test_picoapi_put_registers_as_its_services_send_it(
     assert answer.content_type == "application/json"
     assert await answer.text() == "null"  # picoapi's handler returned None
     [record] = await services(master)
-    assert record["id"] == record["name"] == "example-service"
+    assert record["name"] == "example-service"
+    assert record["id"] == "example-service-127.0.0.1-8888"  # name, host and port
     assert record["address"] == "127.0.0.1"
     assert record["port"] == 8888
     assert record["tags"] == []
@@ -179,12 +180,28 @@ async def test_metadata_values_are_kept_as_text(master: TestClient[Any, Any]) ->
 async def test_a_restarted_service_replaces_its_entry(master: TestClient[Any, Any]) -> None:
     assert (await master.put("/register", json=picoapi_body(port="8888"))).status == 200
     [first] = await services(master)
-    assert (await master.put("/register", json=picoapi_body(port="9999"))).status == 200
+    changed = picoapi_body(port="8888", tags=["restarted"])
+    assert (await master.put("/register", json=changed)).status == 200
     [second] = await services(master)
     assert second["id"] == first["id"]
-    assert second["port"] == 9999
+    assert second["tags"] == ["restarted"]
     assert second["registered_at"] == first["registered_at"]
     assert len(await status(master)) == 1
+
+
+async def test_replicas_of_one_service_sit_side_by_side(master: TestClient[Any, Any]) -> None:
+    """picoapi's own id was the name: a second replica replaced the first."""
+    for host, port in (("10.0.0.1", "8888"), ("10.0.0.2", "8888"), ("10.0.0.1", "9999")):
+        answer = await master.put("/register", json=picoapi_body(host=host, port=port))
+        assert answer.status == 200
+    listed = await services(master)
+    assert sorted(r["id"] for r in listed) == [
+        "example-service-10.0.0.1-8888",
+        "example-service-10.0.0.1-9999",
+        "example-service-10.0.0.2-8888",
+    ]
+    assert {r["name"] for r in listed} == {"example-service"}
+    assert all(r["check"]["deregister_after"] == "10m" for r in listed)  # the dead go away
 
 
 async def test_the_same_registration_again_changes_nothing(
@@ -217,8 +234,9 @@ async def test_a_slug_held_by_another_service_is_refused(master: TestClient[Any,
     assert clash.status == 400
     error = (await clash.json())["error"]
     assert error["field"] == "name" and error["code"] == "name_taken"
-    v1 = {"name": "billing", "address": "10.0.0.1", "port": 80}
-    assert (await master.put("/v1/services/billing", json=v1)).status == 200
+    v1 = {"name": "billing", "address": "127.0.0.1", "port": 8888}
+    answer = await master.put("/v1/services/billing-127.0.0.1-8888", json=v1)
+    assert answer.status == 200
     taken = await master.put("/register", json=picoapi_body(name="Billing"))
     assert taken.status == 400 and (await taken.json())["error"]["field"] == "name"
     assert len(await services(master)) == 2
@@ -329,7 +347,7 @@ async def test_status_maps_passing_to_healthy_and_the_rest_to_unhealthy(
     registry = quiet_master.server.app[REGISTRY]
     url = picoapi_body()["healthcheck"]["url"]
     result = CheckResult(status=our_status, output="", duration_ms=1.0)
-    await registry.record_check("example-service", url, our_status, result)
+    await registry.record_check("example-service-127.0.0.1-8888", url, our_status, result)
     assert await status(quiet_master) == [{"name": "Example Service", "status": picoapi_status}]
 
 
@@ -408,4 +426,4 @@ def test_the_real_master_process_takes_picoapi_registrations(start_master: Any) 
         {"name": "Example Service", "status": "No healthcheck!"}
     ]
     [record] = master.request("GET", "/v1/services").json()["services"]
-    assert record["id"] == "example-service"
+    assert record["id"] == "example-service-127.0.0.1-8888"
