@@ -264,6 +264,15 @@ async def get_service(request: web.Request) -> web.Response:
     return raw_json_response(registry.encoded(record))
 
 
+async def get_service_history(request: web.Request) -> web.Response:
+    """`{"history": [{"at", "from", "to", "output", "duration_ms"}, ...]}`, oldest first:
+    the service's last status changes (master.model.HISTORY_PER_SERVICE at most)."""
+    record = request.app[REGISTRY].get(_record_id(request))
+    if record is None:
+        raise NotFound(f"no service with id {_record_id(request)!r}")
+    return raw_json_response(b'{"history":%s}' % encode(record.history))
+
+
 async def get_service_openapi(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     record = registry.get(_record_id(request))
@@ -405,6 +414,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/services", list_services)
     app.router.add_get("/v1/services/{id}", get_service)
     app.router.add_get("/v1/services/{id}/openapi", get_service_openapi)
+    app.router.add_get("/v1/services/{id}/history", get_service_history)
     app.router.add_get("/v1/tags", list_tags)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

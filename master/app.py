@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import structlog
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from master import api, compat, consul, dashboard, spec
 from master.auth import Auth
@@ -125,6 +125,24 @@ def registry_figures(registry: Registry) -> Iterator[Any]:
         services.add_metric([status.value], count)
     yield services
     yield gauge("picoapi_registry_index", "The registry's change index.", registry.index)
+    transitions = CounterMetricFamily(
+        "picoapi_status_transitions",
+        "Status changes this master recorded, by the status changed to.",
+        labels=["to"],
+    )
+    for status, count in sorted(registry.transitions().items()):
+        transitions.add_metric([status.value], count)
+    yield transitions
+    yield gauge(
+        "picoapi_last_status_change_timestamp_seconds",
+        "When a service last changed status (seconds since the epoch).",
+        max((float(r.status_changed_at) for r in registry.records()), default=0.0),
+    )
+    yield gauge(
+        "picoapi_services_flapping",
+        "Services whose status changed more often than the flapping threshold lately.",
+        sum(1 for r in registry.records() if r.flapping),
+    )
     yield gauge(
         "picoapi_openapi_document_bytes",
         "Bytes of OpenAPI documents held, each distinct document once.",

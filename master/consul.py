@@ -49,6 +49,7 @@ CONSUL_STATUS: Final = {
     Status.WARNING: "warning",
     Status.CRITICAL: "critical",
     Status.UNKNOWN: "critical",
+    Status.DRAINING: "critical",  # leaving: no client should be sent there
 }
 WEIGHTS: Final = {"Passing": 1, "Warning": 1}
 META_LABEL_PREFIX: Final = "__meta_picoapi_"

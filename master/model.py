@@ -64,6 +64,7 @@ class Status(StrEnum):
     WARNING = "warning"
     CRITICAL = "critical"
     UNKNOWN = "unknown"
+    DRAINING = "draining"  # going away on purpose: excluded from what is passing
 
 
 # --- text that cannot hide anything ----------------------------------------------------
@@ -369,6 +370,7 @@ class Registration(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     meta: MetaMap = {}
     check: CheckSpec | None = None
     instance: Instance | None = None  # absent: the stored holder stays
+    draining: bool = False  # the sidecar is taking it out: `draining` until deregistered
 
     def __post_init__(self) -> None:
         check_texts(self)
@@ -553,9 +555,23 @@ class CheckResult(Struct, frozen=True, gc=False):
     detail: dict[str, Any] | None = None
 
 
+class Transition(Struct, frozen=True, gc=False):
+    """One status change of a service, for its timeline."""
+
+    at: Time
+    from_: Status = msgspec.field(name="from")
+    to: Status = Status.UNKNOWN
+    output: str = ""  # why: the check's output at the change
+    duration_ms: float = 0.0
+
+
 class Record(Registration, kw_only=True, frozen=True, forbid_unknown_fields=False, gc=False):
     """A registration as the master holds it, with its health. Encoded without the
-    document, which is kept once per distinct content and named by `openapi_sha256`."""
+    document, which is kept once per distinct content and named by `openapi_sha256`.
+
+    `history` is the service's last status changes, oldest first (HISTORY_PER_SERVICE at
+    most): stored with the record, so it is as durable as the record and the same on every
+    master, and last of its fields, so answers can leave it out (`without_history`)."""
 
     def __post_init__(self) -> None:
         """Built from a registration already validated, or read back from the store."""
@@ -563,8 +579,12 @@ class Record(Registration, kw_only=True, frozen=True, forbid_unknown_fields=Fals
     status: Status = Status.UNKNOWN
     registered_at: Time = _default(Time, 0)
     updated_at: Time = _default(Time, 0)
+    status_changed_at: Time = _default(Time, 0)
+    status_reason: str = ""  # why it has its status, as text ("connection refused by ...")
+    flapping: bool = False  # more than FLAP_TRANSITIONS changes within FLAP_WINDOW
     openapi_sha256: str | None = None
     last_check: CheckResult | None = None
+    history: tuple[Transition, ...] = ()
 
     def same_registration(self, other: Registration) -> bool:
         return all(getattr(self, f) == getattr(other, f) for f in REGISTRATION_FIELDS)
@@ -572,6 +592,35 @@ class Record(Registration, kw_only=True, frozen=True, forbid_unknown_fields=Fals
     @property
     def check_url(self) -> str | None:
         return self.check.url if self.check is not None else None
+
+
+HISTORY_PER_SERVICE: Final = 20  # status changes kept per service, oldest dropped first
+FLAP_TRANSITIONS: Final = 5  # more changes than this...
+FLAP_WINDOW: Final = 600.0  # ...within this many seconds: flapping
+HISTORY_MARK: Final = b',"history":['
+
+
+def without_history(stored: bytes) -> bytes:
+    """A record's JSON without its `history` (its last field; in a JSON string a quote is
+    escaped, so the mark cannot be met inside one)."""
+    cut = stored.rfind(HISTORY_MARK)
+    return stored if cut < 0 else stored[:cut] + b"}"
+
+
+def with_transition(record: Record, status: Status, output: str, duration_ms: float) -> Record:
+    """`record` moved to `status`: its new status, since when and why, its timeline."""
+    now = Time.now()
+    change = Transition(now, record.status, status, output[:OUTPUT_MAX], duration_ms)
+    history = (*record.history, change)[-HISTORY_PER_SERVICE:]
+    recent = sum(1 for t in history if now - t.at <= FLAP_WINDOW)
+    return msgspec.structs.replace(
+        record,
+        status=status,
+        status_changed_at=now,
+        status_reason=output[:OUTPUT_MAX],
+        flapping=recent > FLAP_TRANSITIONS,
+        history=history,
+    )
 
 
 def new_record(registration: Registration, **health: Any) -> Record:
@@ -587,6 +636,7 @@ def new_record(registration: Registration, **health: Any) -> Record:
         meta=r.meta,
         check=r.check,
         instance=r.instance,
+        draining=r.draining,
         **health,
     )
 
@@ -620,7 +670,7 @@ class ErrorAnswer(Struct, frozen=True):
     error: ErrorDetail
 
 
-WIRE_TYPES: Final = (RegistrationBody, Record, ServiceList, Health, ErrorAnswer)
+WIRE_TYPES: Final = (RegistrationBody, Record, ServiceList, Health, ErrorAnswer, Transition)
 """What /openapi.json publishes as schemas, read off the types above."""
 
 

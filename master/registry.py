@@ -37,6 +37,8 @@ from master.model import (
     decode_record,
     encode,
     new_record,
+    with_transition,
+    without_history,
 )
 from master.shared.logs import Budget
 from master.store.base import Change, Conflict, Store, StoredRecord, StoreError
@@ -156,6 +158,7 @@ class Registry:
         self._name_index: dict[str, int] = {}
         self._name_changed: dict[str, asyncio.Future[None]] = {}
         self._names_touched: set[str] = set()
+        self._transitions: dict[Status, int] = {}
         self._answers: OrderedDict[tuple[object, ...], _Answer] = OrderedDict()
         self._answer_bytes = 0
         self._write_logs = Budget(log, "service_writes", LOGGED_WRITES_PER_SECOND)
@@ -421,21 +424,7 @@ class Registry:
                 unchanged = old is not None and old.same_registration(registration)
                 if unchanged and old is not None and old.openapi_sha256 == digest:
                     return old, False
-                now = Time.now()
-                check_url = registration.check.url if registration.check else None
-                if old is not None and old.check_url == check_url:
-                    status, last_check = old.status, old.last_check
-                else:
-                    status = Status.UNKNOWN if registration.check else Status.PASSING
-                    last_check = None
-                new = new_record(
-                    registration,
-                    status=status,
-                    registered_at=old.registered_at if old else now,
-                    updated_at=now,
-                    openapi_sha256=digest,
-                    last_check=last_check,
-                )
+                new = self._registered(old, registration, digest)
                 try:
                     await self._write(entry, new, new_document)
                 except Conflict as exc:
@@ -511,14 +500,19 @@ class Registry:
             if entry is None or entry.record.check_url != check_url:
                 return None
             old = entry.record
-            new = msgspec.structs.replace(old, status=status, last_check=result)
+            if old.status is Status.DRAINING:
+                status = Status.DRAINING  # on its way out: checks no longer move it
             if status == old.status:
+                new = msgspec.structs.replace(old, last_check=result)
                 self._install(entry, new, None, entry.created, entry.modified, notify=False)
                 return new
+            new = with_transition(old, status, result.output, result.duration_ms)
+            new = msgspec.structs.replace(new, last_check=result)
             try:
                 await self._write(entry, new, None)
             except Conflict:
                 return None  # changed elsewhere meanwhile: the next check sees what is there
+            self._transitions[status] = self._transitions.get(status, 0) + 1
             log.info(
                 "check_status_changed",
                 service_id=record_id,
@@ -529,6 +523,43 @@ class Registry:
             return self._entries[record_id].record
         finally:
             self._release(record_id)
+
+    @staticmethod
+    def _registered(old: Record | None, registration: Registration, digest: str | None) -> Record:
+        """The record a PUT makes: a replace keeps the status and its story unless the check
+        url moved (then not checked yet), or the sidecar says it is draining."""
+        now = Time.now()
+        check_url = registration.check.url if registration.check else None
+        if registration.draining:
+            status, reason = Status.DRAINING, "draining: the sidecar is taking it out"
+        elif old is not None and old.check_url == check_url and old.status is not Status.DRAINING:
+            status, reason = old.status, old.status_reason
+        elif registration.check:
+            status, reason = Status.UNKNOWN, "not checked yet"
+        else:
+            status, reason = Status.PASSING, "no check: passing while registered"
+        same = old is not None and old.check_url == check_url
+        record = new_record(
+            registration,
+            status=old.status if old is not None else status,
+            registered_at=old.registered_at if old else now,
+            updated_at=now,
+            status_changed_at=old.status_changed_at if old else now,
+            status_reason=old.status_reason if old else reason,
+            flapping=old.flapping if old else False,
+            openapi_sha256=digest,
+            last_check=old.last_check if same and old is not None else None,
+            history=old.history if old else (),
+        )
+        if old is None:
+            return msgspec.structs.replace(record, status=status, status_reason=reason)
+        if status is not old.status:
+            return with_transition(record, status, reason, 0.0)
+        return record
+
+    def transitions(self) -> dict[Status, int]:
+        """Status changes this master made, by the status changed to (a counter)."""
+        return dict(self._transitions)
 
     def _held(self, old: Record | None, registration: Registration) -> Registration:
         """The ownership rule: who holds an id keeps it while it is not critical. A PUT
@@ -762,10 +793,11 @@ class Registry:
 
 
 def _answer(stored: bytes, created: int, modified: int) -> bytes:
-    """A record's JSON as answered: as stored, with the revisions that created it and last
-    changed it (Consul's CreateIndex and ModifyIndex), which the stored bytes cannot hold
-    (a commit's revision is known only once committed)."""
-    return b'%s,"create_index":%d,"modify_index":%d}' % (stored[:-1], created, modified)
+    """A record's JSON as answered: as stored but for its history (served on its own), with
+    the revisions that created it and last changed it (Consul's CreateIndex and
+    ModifyIndex), which the stored bytes cannot hold (known only once committed)."""
+    head = without_history(stored)[:-1]
+    return b'%s,"create_index":%d,"modify_index":%d}' % (head, created, modified)
 
 
 def _discard(index: dict[str, set[str]], key: str, record_id: str) -> None:

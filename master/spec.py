@@ -100,6 +100,7 @@ def _model_schemas() -> dict[str, Any]:
 
 
 MODEL_SCHEMAS: Final = _model_schemas()
+MODEL_SCHEMAS["Record"]["properties"].pop("history", None)  # served at .../history
 MODEL_SCHEMAS["Record"]["properties"].update(
     create_index={"type": "integer", "description": "the revision that created the record"},
     modify_index={"type": "integer", "description": "the revision that last changed it"},
@@ -118,6 +119,11 @@ ID_SCHEMA: Final = MODEL_SCHEMAS["Registration"]["properties"]["id"]
 SCHEMAS: Final[dict[str, Any]] = {
     **MODEL_SCHEMAS,
     "TagCounts": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "History": {
+        "type": "object",
+        "required": ["history"],
+        "properties": {"history": {"type": "array", "items": _ref("Transition")}},
+    },
     "OpenAPIDocument": {"type": "object", "description": "a service's OpenAPI document"},
     "PicoapiRegistration": _object(
         ["name", "host", "port"],
@@ -372,6 +378,16 @@ PATHS: Final[dict[str, Any]] = {
             "A service's OpenAPI document",
             "registry",
             _answer("the document", _ref("OpenAPIDocument")),
+            errors=("401", "404"),
+        ),
+    },
+    "/v1/services/{id}/history": {
+        "parameters": _params("id"),
+        "get": _get(
+            "getServiceHistory",
+            "A service's last status changes, oldest first",
+            "registry",
+            _answer("the timeline", _ref("History")),
             errors=("401", "404"),
         ),
     },

@@ -428,3 +428,27 @@ def test_reads_take_the_token_as_consul_clients_send_it(start_master: Any, tmp_p
     assert master.request("GET", path, headers={"X-Consul-Token": "r"}).status == 200
     assert master.request("GET", f"{path}?token=r").status == 200
     assert master.request("GET", f"{path}?token=wrong").status == 401
+
+
+def test_the_timeline_is_served_and_kept_across_a_restart(
+    start_master: Any, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/history.db"
+    master = start_master(store=store)
+    body = registration("web-1", check={"url": "http://127.0.0.1:9/health", "interval": "1s"})
+    assert master.request("PUT", "/v1/services/web-1", body).status == 200
+    wait_until(  # port 9 refuses: unknown, then critical
+        lambda: master.request("GET", "/v1/services/web-1").json()["status"] == "critical",
+        timeout=5.0,
+    )
+    record = master.request("GET", "/v1/services/web-1").json()
+    assert record["status_reason"].startswith("connection refused by 127.0.0.1:9")
+    assert "history" not in record
+    history = master.request("GET", "/v1/services/web-1/history").json()["history"]
+    assert [(h["from"], h["to"]) for h in history] == [("unknown", "critical")]
+    assert history[0]["at"] == record["status_changed_at"]
+    master.stop()
+    again = start_master(store=store)
+    kept = again.request("GET", "/v1/services/web-1/history").json()["history"]
+    assert kept[0] == history[0]
+    assert again.request("GET", "/v1/services/nope/history").status == 404

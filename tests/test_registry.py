@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from master.model import (
+    HISTORY_PER_SERVICE,
     KEEP,
     CheckResult,
     CheckSpec,
@@ -231,3 +232,58 @@ async def test_documents_have_a_cap_in_all_and_a_shared_one_counts_once() -> Non
     await registry.delete("a")
     await registry.put(registration("b"), other)  # b lets go of big: room for the other
     assert registry.document_bytes() == len(other.body)
+
+
+async def test_each_status_change_is_on_the_timeline_since_when_and_why(
+    registry: Registry,
+) -> None:
+    url = "http://10.0.0.5:9501/health"
+    record, _ = await registry.put(registration(check=CheckSpec(url=url)), KEEP)
+    assert (record.status, record.status_reason) == (Status.UNKNOWN, "not checked yet")
+    steps = [
+        (Status.PASSING, "200 ok"),
+        (Status.CRITICAL, "connection refused by 127.0.0.1:8081"),
+        (Status.CRITICAL, "connection refused by 127.0.0.1:8081"),  # no change: not listed
+        (Status.PASSING, "200 ok"),
+    ]
+    for status, output in steps:
+        await registry.record_check("web-1", url, status, CheckResult(status, output, 2.5))
+    record = registry.get("web-1")
+    assert record is not None
+    assert [(t.from_, t.to) for t in record.history] == [
+        (Status.UNKNOWN, Status.PASSING),
+        (Status.PASSING, Status.CRITICAL),
+        (Status.CRITICAL, Status.PASSING),
+    ]
+    assert record.history[1].output == "connection refused by 127.0.0.1:8081"
+    assert record.history[1].duration_ms == 2.5
+    assert record.status_changed_at == record.history[-1].at
+    assert record.status_reason == "200 ok" and not record.flapping
+    answer = json.loads(registry.encoded(record))
+    assert "history" not in answer and answer["status_changed_at"].endswith("Z")
+
+
+async def test_a_flapping_service_is_flagged_and_its_timeline_bounded(
+    registry: Registry,
+) -> None:
+    url = "http://10.0.0.5:9501/health"
+    await registry.put(registration(check=CheckSpec(url=url)), KEEP)
+    for n in range(30):
+        status = Status.PASSING if n % 2 else Status.CRITICAL
+        await registry.record_check("web-1", url, status, CheckResult(status, f"#{n}", 1.0))
+    record = registry.get("web-1")
+    assert record is not None and record.flapping
+    assert len(record.history) == HISTORY_PER_SERVICE  # oldest dropped first
+    assert record.history[-1].output == "#29"
+
+
+async def test_draining_is_a_status_checks_do_not_undo(registry: Registry) -> None:
+    url = "http://10.0.0.5:9501/health"
+    await registry.put(registration(check=CheckSpec(url=url)), KEEP)
+    await registry.record_check("web-1", url, Status.PASSING, CheckResult(Status.PASSING, "", 1))
+    drained, _ = await registry.put(registration(check=CheckSpec(url=url), draining=True), KEEP)
+    assert drained.status is Status.DRAINING
+    assert drained.history[-1].to is Status.DRAINING
+    await registry.record_check("web-1", url, Status.PASSING, CheckResult(Status.PASSING, "", 1))
+    assert registry.get("web-1").status is Status.DRAINING  # type: ignore[union-attr]
+    assert [r.id for r in registry.query(status=Status.PASSING)] == []

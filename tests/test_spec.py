@@ -100,7 +100,9 @@ def test_the_document_is_structurally_sound() -> None:
 def test_query_parameters_and_writes_are_described() -> None:
     params = SPEC["components"]["parameters"]
     assert params["tag"]["schema"]["type"] == "array" and params["tag"]["explode"] is True
-    assert params["status"]["schema"]["enum"] == ["passing", "warning", "critical", "unknown"]
+    assert params["status"]["schema"]["enum"] == [  # contract 6: draining too
+        "passing", "warning", "critical", "unknown", "draining"
+    ]  # fmt: skip
     for name in ("name", "openapi", "index", "wait"):
         assert params[name]["in"] == "query", name
     listing = SPEC["paths"]["/v1/services"]["get"]["parameters"]
