@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo cluster-demo bench bench-quick clean
+.PHONY: test lint demo cluster-demo bench bench-quick clean soak
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/python deploy/demo.py
+
+# The chaos harness of tests/test_chaos.py for as long as asked (seconds of chaos), with a
+# summary table at the end: `make soak DURATION=3600 SEED=7`. Needs node (Node.js).
+DURATION ?= 600
+SEED ?= $(shell date +%s)
+soak: $(STAMP)
+	$(BIN)/python -m tests.chaos --duration $(DURATION) --seed $(SEED)
 
 # Three masters on a three-member etcd (needs etcd: Debian's etcd-server): kills one,
 # shows the others carry on, starts it again; Ctrl-C stops all.
