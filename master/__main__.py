@@ -19,6 +19,7 @@ from aiohttp import web
 from master.api import REGISTRY
 from master.auth import Auth
 from master.config import ConfigError, MasterConfig, parse_master_config
+from master.eviction import EvictionGuard
 from master.policy import CheckPolicy
 from master.shared import daemon
 from master.shared.daemon import StopSignals, bound_address, listen_socket
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         read_timeout=config.read_timeout,
         max_document_bytes=config.max_document_bytes,
         picoapi_deregister_after=config.picoapi_deregister_after,
+        eviction_guard=EvictionGuard(config.eviction_share, config.eviction_hold_max),
     )
     return daemon.run(serve(app, config))
 

@@ -28,6 +28,7 @@ from master.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from master.eviction import EvictionGuard
 from master.metrics import Metrics
 from master.model import (
     Document,
@@ -62,6 +63,7 @@ STORE: Final = web.AppKey("store", Store)
 OWNERSHIP: Final = web.AppKey("ownership", Ownership)
 POLICY: Final = web.AppKey("policy", CheckPolicy)
 READ_TIMEOUT: Final = web.AppKey("read_timeout", float)
+EVICTION_GUARD: Final = web.AppKey("eviction_guard", EvictionGuard)
 SCOPE: Final = "picoapi.scope"  # the request's token scope, where a token was asked for
 METRICS: Final = web.AppKey("metrics", Metrics)
 AUTH: Final = web.AppKey("auth", Auth)
@@ -394,6 +396,16 @@ async def healthz(request: web.Request) -> web.Response:
         },
         "cluster": request.app[OWNERSHIP].describe(),
     }
+    # An alert, not a fault of this master: its status and readiness stay as they are.
+    holding = request.app[EVICTION_GUARD].holding()
+    if holding:
+        guard = request.app[EVICTION_GUARD]
+        body["alerts"] = ["eviction_guard_holding"]
+        body["eviction_guard"] = {
+            "holding": holding,
+            "share_per_minute": guard.share,
+            "hold_max_s": guard.hold_max,
+        }
     if stale is not None:
         body["store"].update(unreachable_for_s=round(stale, 1), error=store.last_error)
     if failure is not None:

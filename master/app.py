@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from master import api, compat, consul, dashboard, spec
 from master.auth import Auth
 from master.cluster import DEFAULT_MEMBER_TTL, Membership, Ownership, Solo
+from master.eviction import EvictionGuard
 from master.health import HealthScheduler
 from master.metrics import Metrics, gauge
 from master.model import DEFAULT_DEREGISTER_AFTER
@@ -42,6 +43,7 @@ def build_app(
     read_timeout: float = 10.0,
     max_document_bytes: int = 128 << 20,
     picoapi_deregister_after: float = DEFAULT_DEREGISTER_AFTER,
+    eviction_guard: EvictionGuard | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=api.MIDDLEWARES, client_max_size=api.BODY_MAX_WITH_OPENAPI + 1
@@ -62,10 +64,17 @@ def build_app(
     app[api.POLICY] = policy = policy or CheckPolicy()
     app[api.READ_TIMEOUT] = read_timeout
     app[compat.PICOAPI_DEREGISTER_AFTER] = picoapi_deregister_after
+    app[api.EVICTION_GUARD] = guard = eviction_guard or EvictionGuard()
     app[SCHEDULER] = HealthScheduler(
-        registry, metrics, concurrency=check_concurrency, ownership=ownership, policy=policy
+        registry,
+        metrics,
+        concurrency=check_concurrency,
+        ownership=ownership,
+        policy=policy,
+        guard=guard,
     )
     metrics.add_figures(partial(registry_figures, registry))
+    metrics.add_figures(partial(guard_figures, guard))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -148,3 +157,23 @@ def registry_figures(registry: Registry) -> Iterator[Any]:
         "Bytes of OpenAPI documents held, each distinct document once.",
         registry.document_bytes(),
     )
+
+
+def guard_figures(guard: EvictionGuard) -> Iterator[Any]:
+    """The mass-eviction guard's: what it holds now, and what it has held and let go."""
+    holding = GaugeMetricFamily(
+        "picoapi_evictions_held",
+        "Removals (deregister_after) the mass-eviction guard holds back now, by service name.",
+        labels=["name"],
+    )
+    for name, count in guard.holding().items():
+        holding.add_metric([name], count)
+    yield holding
+    outcomes = CounterMetricFamily(
+        "picoapi_evictions_guarded",
+        "Removals the guard held back, and those it let go after --eviction-hold-max.",
+        labels=["outcome"],
+    )
+    outcomes.add_metric(["held"], guard.held_total)
+    outcomes.add_metric(["released"], guard.released_total)
+    yield outcomes

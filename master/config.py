@@ -10,6 +10,7 @@ problem is reported at once, named by where the value came from: `master.yaml:3:
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from master.cluster import DEFAULT_MEMBER_TTL
+from master.eviction import DEFAULT_HOLD_MAX, DEFAULT_SHARE
 from master.model import (
     DeregisterAfter,
     Duration,
@@ -55,6 +57,11 @@ DEFAULT_READ_TIMEOUT: Final = 10.0
 DEFAULT_MAX_DOCUMENT_BYTES: Final = 128 << 20
 
 
+class EvictionHold(Duration):
+    __slots__ = ()
+    low, high, bounds = 0.0, 86_400.0, "0s..24h"
+
+
 class ReadTimeout(Duration):
     __slots__ = ()
     low, high, bounds = 0.1, 600.0, "100ms..10m"
@@ -81,6 +88,8 @@ class MasterConfig:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
     picoapi_deregister_after: float = 600.0  # picoapi services' deregister_after
+    eviction_share: float = DEFAULT_SHARE  # of one name's instances reaped a minute, at most
+    eviction_hold_max: float = DEFAULT_HOLD_MAX  # a reap held back this long goes ahead
     tls_cert: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
     config_file: Path | None = None
@@ -145,6 +154,20 @@ def _check_deregister_after(value: object, field: str, base: Path) -> float:
     return float(DeregisterAfter.parse(value, field))
 
 
+def _check_eviction_share(value: object, field: str, base: Path) -> float:
+    try:
+        share = float(str(value).strip().removesuffix("%")) / (100 if "%" in str(value) else 1)
+    except ValueError:
+        share = math.nan
+    if isinstance(value, bool) or not 0 < share <= 1:
+        raise FieldError(field, f"must be a share in (0, 1] such as 0.5 or 50%, got {value!r}")
+    return share
+
+
+def _check_eviction_hold(value: object, field: str, base: Path) -> float:
+    return float(EvictionHold.parse(value, field))
+
+
 def _check_read_timeout(value: object, field: str, base: Path) -> float:
     return float(ReadTimeout.parse(value, field))
 
@@ -186,7 +209,8 @@ OPTIONS: Final = (
     Option(
         "store",
         "URL",
-        f"sqlite:///relative/path, sqlite:////absolute/path or memory:// (default {DEFAULT_STORE})",
+        "sqlite:///relative/path, sqlite:////absolute/path, etcd://HOST:PORT[,HOST:PORT...]"
+        f"[/PREFIX] or memory:// (default {DEFAULT_STORE})",
         _check_store,
     ),
     Option(
@@ -242,6 +266,21 @@ OPTIONS: Final = (
         "services registered through the original picoapi routes are removed after being "
         "critical this long; 0 = never (default 10m)",
         _check_deregister_after,
+    ),
+    Option(
+        "eviction_share",
+        "SHARE",
+        "the mass-eviction guard: of one service name's instances, at most this share "
+        "(at least one) is removed for deregister_after in any minute; the rest wait "
+        f"(default {DEFAULT_SHARE}; 1 = no guard)",
+        _check_eviction_share,
+    ),
+    Option(
+        "eviction_hold_max",
+        "DURATION",
+        "a removal the guard holds back goes ahead after this long "
+        f"(default {format_duration(DEFAULT_HOLD_MAX)})",
+        _check_eviction_hold,
     ),
     Option(
         "tls_cert",

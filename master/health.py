@@ -24,6 +24,7 @@ import aiohttp
 import structlog
 
 from master.cluster import Ownership, Solo
+from master.eviction import EvictionGuard
 from master.metrics import Metrics
 from master.model import CheckResult, CheckSpec, Record, Status
 from master.policy import CheckPolicy, PolicyResolver
@@ -143,8 +144,10 @@ class HealthScheduler:
         session_factory: ClientSessionFactory | None = None,
         ownership: Ownership | None = None,
         policy: CheckPolicy | None = None,
+        guard: EvictionGuard | None = None,
     ) -> None:
         self._registry = registry
+        self.guard = guard or EvictionGuard()
         self._policy = policy or CheckPolicy()
         self._ownership: Ownership = ownership or Solo()
         self._ownership.add_listener(self._rebalance)
@@ -210,6 +213,7 @@ class HealthScheduler:
         if new is None:
             if old is not None:
                 self._entries.pop(old.id, None)
+                self.guard.forget(old.id)
             return
         self._schedule(new, soon=True)
 
@@ -343,10 +347,15 @@ class HealthScheduler:
         try:
             record = await self._registry.record_check(service_id, spec.url, status, result)
             deregister_after = entry.spec.deregister_after
-            if (
+            if entry.critical_since is None:
+                self.guard.forget(service_id)  # a dict miss, unless a reap was held
+            elif (
                 record is not None
                 and deregister_after > 0
                 and entry.critical_for(now) >= deregister_after
+                and self.guard.allow(
+                    service_id, record.name, self._registry.instances(record.name), now
+                )
             ):
                 await self._registry.delete(service_id, event="service_reaped")
         except Exception:

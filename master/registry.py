@@ -313,6 +313,10 @@ class Registry:
     def document_bytes(self) -> int:
         return sum(len(document.body) for document in self._documents.values())
 
+    def instances(self, name: str) -> int:
+        """How many records carry this service name."""
+        return len(self._by_name.get(name, ()))
+
     def names(self) -> dict[str, list[str]]:
         """Each service name with the union of its instances' tags (the Consul catalog view)."""
         result: dict[str, list[str]] = {}
