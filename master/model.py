@@ -648,14 +648,18 @@ class ServiceList(Struct, frozen=True):
     services: list[Record]
 
 
-class Health(Struct, frozen=True):
-    """The answer of `GET /healthz`: "degraded" while the store is out of reach."""
+class Health(Struct, frozen=True, omit_defaults=True):
+    """The answer of `GET /healthz`: "degraded" while the store is out of reach; `alerts`
+    name what an operator should look at though the master itself is fine
+    (`eviction_guard_holding`)."""
 
     status: Literal["ok", "degraded"]
     services: int
     index: int
     store: dict[str, Any]
     cluster: dict[str, Any]
+    alerts: list[str] = []
+    eviction_guard: dict[str, Any] = {}
 
 
 class ErrorDetail(Struct, frozen=True, omit_defaults=True):
