@@ -595,6 +595,9 @@ class Record(Registration, kw_only=True, frozen=True, forbid_unknown_fields=Fals
 
 
 HISTORY_PER_SERVICE: Final = 20  # status changes kept per service, oldest dropped first
+# A change's reason in the timeline: the head of the check's output. The record's current
+# reason keeps OUTPUT_MAX; twenty full outputs a service would be 80 KiB in every write.
+TRANSITION_OUTPUT_MAX: Final = 256
 FLAP_TRANSITIONS: Final = 5  # more changes than this...
 FLAP_WINDOW: Final = 600.0  # ...within this many seconds: flapping
 HISTORY_MARK: Final = b',"history":['
@@ -610,7 +613,7 @@ def without_history(stored: bytes) -> bytes:
 def with_transition(record: Record, status: Status, output: str, duration_ms: float) -> Record:
     """`record` moved to `status`: its new status, since when and why, its timeline."""
     now = Time.now()
-    change = Transition(now, record.status, status, output[:OUTPUT_MAX], duration_ms)
+    change = Transition(now, record.status, status, output[:TRANSITION_OUTPUT_MAX], duration_ms)
     history = (*record.history, change)[-HISTORY_PER_SERVICE:]
     recent = sum(1 for t in history if now - t.at <= FLAP_WINDOW)
     return msgspec.structs.replace(

@@ -13,6 +13,7 @@ import pytest
 from master.model import (
     HISTORY_PER_SERVICE,
     KEEP,
+    TRANSITION_OUTPUT_MAX,
     CheckResult,
     CheckSpec,
     Document,
@@ -275,6 +276,20 @@ async def test_a_flapping_service_is_flagged_and_its_timeline_bounded(
     assert record is not None and record.flapping
     assert len(record.history) == HISTORY_PER_SERVICE  # oldest dropped first
     assert record.history[-1].output == "#29"
+
+
+async def test_the_timeline_keeps_the_head_of_a_long_reason(registry: Registry) -> None:
+    """The current reason keeps the whole output; each change on the timeline its head, so
+    a service's timeline stays a few KiB however verbose its check."""
+    url = "http://10.0.0.5:9501/health"
+    await registry.put(registration(check=CheckSpec(url=url)), KEEP)
+    long = "db down: " + "x" * 3000
+    await registry.record_check(
+        "web-1", url, Status.CRITICAL, CheckResult(Status.CRITICAL, long, 1)
+    )
+    record = registry.get("web-1")
+    assert record is not None and record.status_reason == long
+    assert record.history[-1].output == long[:TRANSITION_OUTPUT_MAX]
 
 
 async def test_draining_is_a_status_checks_do_not_undo(registry: Registry) -> None:
