@@ -113,6 +113,7 @@ def test_check_prints_the_contract_example() -> None:
             "deregister_after": "10m",
         },
         "instance": f"{socket.gethostname()}:9501",  # who holds the id: host and port
+        "draining": False,
     }
 
 
