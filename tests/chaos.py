@@ -89,7 +89,7 @@ KINDS: Final = (
     "fd_burst",
 )
 WEIGHTS: Final = {
-    "master_kill": 1.0,
+    "master_kill": 2.0,
     "sidecar_stop": 3.0,
     "service_kill": 3.0,
     "yaml_good": 2.0,
@@ -344,7 +344,10 @@ class Burst:
 
     def __init__(self, port: int, idle: int, blocking: int, index: int, rng: random.Random):
         self.port = port
-        self.kinds = ["idle"] * idle + ["blocking"] * blocking
+        # Blocking queries at the index now wake at the next write (and, answered, hold a
+        # kept-alive connection); those at an index far ahead hold a watcher for the wait.
+        far = blocking // 2
+        self.kinds = ["idle"] * idle + ["blocking"] * (blocking - far) + ["watching"] * far
         rng.shuffle(self.kinds)
         self.index = index
         self.socks: list[tuple[socket.socket, str]] = []
@@ -354,9 +357,12 @@ class Burst:
 
     def open(self, connect_time: float = 3.0) -> None:
         """Connect them all; send each blocking one its query once it is connected."""
-        request = (
-            f"GET /v1/services?index={self.index}&wait=60s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        ).encode()
+        requests = {
+            kind: (
+                f"GET /v1/services?index={index}&wait=60s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            ).encode()
+            for kind, index in (("blocking", self.index), ("watching", self.index + 10**9))
+        }
         selector = selectors.DefaultSelector()
         try:
             for kind in self.kinds:
@@ -380,9 +386,9 @@ class Burst:
                     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
                         continue
                     self.connected.add(sock)
-                    if key.data == "blocking":
+                    if key.data in requests:
                         try:
-                            sock.send(request)
+                            sock.send(requests[key.data])
                         except OSError:
                             self.stats["blocking send failed"] += 1
         finally:
@@ -480,7 +486,7 @@ class Report:
             f"  master descriptors at the peak of a burst: {self.master_fds_peak}",
         ]
         for n, burst in enumerate(self.bursts):
-            lines.append(f"  burst {n}: " + ", ".join(f"{k} {v}" for k, v in burst.items()))
+            lines.append(f"  burst {n}: " + "; ".join(f"{k} {v}" for k, v in sorted(burst.items())))
         converged = "never" if self.convergence_s is None else f"{self.convergence_s:.1f} s"
         lines.append(
             f"  converged after the chaos in {converged} (bound {self.convergence_bound_s:.1f} s)"
