@@ -36,6 +36,12 @@ soak: $(STAMP)
 cluster-demo: $(STAMP)
 	$(BIN)/python deploy/cluster_demo.py
 
+# The container image, localhost/picoapi-sidecar:latest (IMAGE=...): podman, or docker
+# where podman is missing; no image registry or package index needed (deploy/image.sh).
+.PHONY: image
+image: $(STAMP)
+	PY=$(BIN)/python deploy/image.sh
+
 clean:
 	rm -rf $(VENV) picoapi-data .pytest_cache .mypy_cache .ruff_cache
 
