@@ -254,7 +254,7 @@ async def delete_service(request: web.Request) -> web.Response:
     removed = await registry.delete(_record_id(request), instance=instance)
     if removed is None:
         raise NotFound(f"no service with id {_record_id(request)!r}")
-    return raw_json_response(encode(removed))
+    return raw_json_response(removed[1])
 
 
 async def get_service(request: web.Request) -> web.Response:

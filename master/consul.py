@@ -74,6 +74,7 @@ NOT_SERVED: Final = (
     "/v1/query/{tail:.*}",
     "/v1/snapshot",
 )
+SERVED_BY_GET: Final = frozenset({"/v1/agent/self"})  # served paths NOT_SERVED also matches
 
 
 class NotSupported(ApiError):
@@ -281,6 +282,8 @@ async def status_leader(request: web.Request) -> web.Response:
 
 
 async def not_supported(request: web.Request) -> web.Response:
+    if request.path in SERVED_BY_GET:  # served, but not by this method: 405, as elsewhere
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
     raise NotSupported(
         f"read-only catalog: not supported: {request.method} {request.path} (this is a "
         "PicoAPI master: it serves the catalog and health views, not agent writes, KV, "

@@ -453,8 +453,9 @@ class Registry:
         *,
         event: str = "service_deregistered",
         instance: str | None = None,
-    ) -> Record | None:
-        """Remove a service; returns what was removed, or None if it was not registered.
+    ) -> tuple[Record, bytes] | None:
+        """Remove a service; returns what was removed and its JSON as answered (with the
+        revisions that created and last changed it), or None if it was not registered.
         With `instance` (a sidecar leaving), only if that instance holds it."""
         turn = self._claim(record_id)
         if turn is not None:
@@ -473,6 +474,7 @@ class Registry:
                         caller=instance,
                     )
                     raise IdHeld(record_id, old.instance, instance)
+                answer = self._body(record_id)
                 try:
                     revision = await self._store.delete(
                         record_id, drop=self._orphaned(old, None), expected=entry.modified
@@ -486,7 +488,7 @@ class Registry:
                 self.write_failure = None
                 await self._caught_up(revision)
                 log.info(event, service_id=record_id, name=old.name)
-                return old
+                return old, answer
             raise StoreError(f"{record_id}: other masters kept writing it; retry")
         finally:
             self._release(record_id)

@@ -260,19 +260,7 @@ class Finding:
 # strict-xfail regression test below that sends the exact request. The fuzz reports any
 # other failure; the regression test, not the fuzz, says when one of these is fixed
 # (it XPASSes, strictly: then delete it from here and its xfail mark).
-KNOWN: Final[dict[tuple[str, str, str], str]] = {
-    (
-        "DELETE /v1/services/{id}",
-        "Response violates schema",
-        '"create_index" is a required property',
-    ): "test_delete_answers_the_removed_record_as_documented",
-    (
-        "master log",
-        "not one JSON event a line",
-        "aiohttp.server: Error handling request",
-    ): "test_a_malformed_request_is_answered_and_logged_as_one_json_event",
-    ("GET /v1/agent/self", "Server error", ""): "test_a_method_agent_self_does_not_serve_is_405",
-}
+KNOWN: Final[dict[tuple[str, str, str], str]] = {}
 
 
 def _request_text(case: Any) -> str:
@@ -395,11 +383,6 @@ def _assert_conforms(master: Master, value: Any, schema_name: str) -> None:
 JSON_HEADERS: Final = {"Content-Type": "application/json"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuzz finding, not fixed yet: DELETE /v1/services/{id} answers a Record without "
-    "create_index and modify_index, which the document's Record requires",
-)
 def test_delete_answers_the_removed_record_as_documented(start_master: Any) -> None:
     """Fuzz finding: `DELETE /v1/services/{id}` answered the removed record without
     `create_index` and `modify_index`, which the document's Record requires (the PUT and
@@ -416,11 +399,6 @@ def test_delete_answers_the_removed_record_as_documented(start_master: Any) -> N
     _assert_conforms(master, removed.json(), "Record")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuzz finding, not fixed yet: a request aiohttp cannot parse (a NUL in a header "
-    "value) puts a multi-line plain-text traceback in the master's log",
-)
 def test_a_malformed_request_is_answered_and_logged_as_one_json_event(
     start_master: Any,
 ) -> None:
@@ -447,11 +425,6 @@ def test_a_malformed_request_is_answered_and_logged_as_one_json_event(
     assert not not_json, "\n".join(not_json)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuzz finding, not fixed yet: TRACE (PUT, POST, ...) /v1/agent/self answers 501 "
-    "not_supported, where every other served path answers 405 with Allow",
-)
 @pytest.mark.parametrize("method", ["TRACE", "PUT", "POST", "PATCH", "DELETE"])
 def test_a_method_agent_self_does_not_serve_is_405(start_master: Any, method: str) -> None:
     """Fuzz finding (schemathesis' unexpected-method cases): `TRACE /v1/agent/self`

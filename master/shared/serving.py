@@ -135,8 +135,17 @@ class GuardedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """aiohttp's own refusals (bad request line, headers too large...) in our shape."""
-        super().handle_error(request, status, exc, message)  # logs, and checks the state
+        """aiohttp's own refusals (bad request line, headers too large...) in our shape,
+        and in our log: one JSON event, at most one a second for a client's bad bytes
+        (aiohttp's own handler writes a traceback of plain text for each)."""
+        if status >= 500:
+            log.error("request_failed", remote=request.remote, exc_info=exc)
+        elif self._listener.bad_request_logs.spend():
+            # The first line only: the next ones quote the client's bytes, a token perhaps.
+            first = (message or "").strip().partition("\n")[0][:160]
+            log.info("request_refused", status=status, remote=request.remote, reason=first)
+        if request.writer.output_size > 0:  # some of an answer went out: the connection is lost
+            raise ConnectionError("an answer is partly sent; no error answer can follow it")
         reason = message or HTTPStatus(status).phrase
         if status == 500:
             reason = "internal error; see the log"
@@ -193,6 +202,7 @@ class Listener:
         self.refused = 0
         self.slow_logs = Budget(log, "request_headers_too_slow", 1)
         self.refused_logs = Budget(log, "connections_full", 1)
+        self.bad_request_logs = Budget(log, "request_refused", 1)
         self._handler_args = {
             "keepalive_timeout": KEEPALIVE_TIMEOUT,
             "access_log": None,
