@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -152,7 +151,7 @@ class Prometheus:
 @pytest.fixture
 def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     """Start Prometheus with these scrape configs; every one stopped by pid at the end."""
-    if not os.access(PROMETHEUS, os.X_OK) and shutil.which("prometheus") is None:
+    if not os.access(PROMETHEUS, os.X_OK):
         pytest.skip("Debian's prometheus is not installed (apt-get install prometheus)")
     started: list[Prometheus] = []
 
@@ -375,3 +374,25 @@ def test_a_read_token_works_as_a_bearer_credentials_file(
     assert "config=with-token" not in "".join(line for line in log.splitlines() if "401" in line)
     assert prometheus.targets("no-token") == ([], [])
     assert prometheus.targets("wrong-token") == ([], [])
+
+
+def test_debian_prometheus_has_no_consul_sd(tmp_path: Path) -> None:
+    """Why the README sends Debian's users to http_sd: consul_sd_configs is refused."""
+    if not os.access(PROMETHEUS, os.X_OK):
+        pytest.skip("Debian's prometheus is not installed (apt-get install prometheus)")
+    config = tmp_path / "consul.yml"
+    job = {"job_name": "consul", "consul_sd_configs": [{"server": "127.0.0.1:9500"}]}
+    config.write_text(json.dumps({"scrape_configs": [job]}))
+    done = subprocess.run(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{unused_port()}",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert b"field consul_sd_configs not found" in done.stderr + done.stdout
