@@ -23,7 +23,8 @@ Then the Python cross-check: the aiohttp load generator (bench/loadgen.py) sends
 targets `register_n` registrations each: the `(info)` rows.
 
 Another store is one more `Target` (`master_target("etcd", ..., store=...)`) measured by
-`measure()` next to `sqlite` from a case of its own.
+`measure()` next to `sqlite` from a case of its own; `beside` names other processes (the
+etcd the master writes to) whose CPU over each wrk run is reported per request too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ import aiohttp
 
 from bench import wrk
 from bench.cases import Case, Result, Row, dec, get, goal, info, num, ratio
-from bench.common import Proc, Procs, checked_loadgen, describe, log, summarize_loadgen
+from bench.common import (
+    Proc,
+    Procs,
+    checked_loadgen,
+    describe,
+    log,
+    mid,
+    summarize_loadgen,
+)
 from bench.modes import Mode
 from bench.workloads import registration
 
@@ -67,6 +76,8 @@ class Target:
     loadgen_seconds: float = 120.0
     kill: bool = False  # SIGKILL at the end: it does not exit on SIGTERM in time
     libraries: tuple[str, ...] = ()  # shared objects it must have loaded
+    # other processes' CPU over the run, per request: (name, its CPU seconds so far)
+    beside: tuple[tuple[str, Callable[[], float]], ...] = ()
 
 
 async def master_count(session: aiohttp.ClientSession, url: str) -> int:
@@ -115,7 +126,12 @@ def hello_target() -> Target:
     )
 
 
-def master_target(name: str, label: str, store: Callable[[Path], str]) -> Target:
+def master_target(
+    name: str,
+    label: str,
+    store: Callable[[Path], str],
+    beside: tuple[tuple[str, Callable[[], float]], ...] = (),
+) -> Target:
     """Our master on the store `store(workdir)` names (sqlite:///..., memory://, ...)."""
 
     async def start(procs: Procs, workdir: Path) -> tuple[Proc, str]:
@@ -130,6 +146,7 @@ def master_target(name: str, label: str, store: Callable[[Path], str]) -> Target
         count=master_count,
         sample=master_sample,
         loadgen={"kind": "register", "interval": "1h"},
+        beside=beside,
     )
 
 
@@ -229,6 +246,7 @@ async def _measured(
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         before = await target.count(session, url) if target.count else None
+        beside_before = {name: cpu() for name, cpu in target.beside}
         result = await wrk.run(
             url,
             seconds=mode.wrk_seconds,
@@ -238,6 +256,11 @@ async def _measured(
             timeout_s=REQUEST_TIMEOUT_S,
             log_path=logs / f"wrk-registration-{target.name}.log",
         )
+        if target.beside:
+            result["beside_cpu_us"] = {
+                name: 1e6 * (cpu() - beside_before[name]) / max(result["requests"], 1)
+                for name, cpu in target.beside
+            }
         problems: list[str] = result["problems"]
         if not server.alive():
             problems.append(f"the server exited ({server.proc.returncode})")
@@ -302,6 +325,12 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     summary = wrk.summarize(results)
     summary["event_loop"] = "/".join(sorted({r["event_loop"] for r in results}))
     summary["registered"] = [r.get("registered") for r in results]
+    beside = sorted({name for r in results for name in r.get("beside_cpu_us") or {}})
+    if beside:
+        summary["beside_cpu_us"] = {
+            name: mid(({"v": (r.get("beside_cpu_us") or {}).get(name)} for r in results), "v")
+            for name in beside
+        }
     return summary
 
 

@@ -190,11 +190,18 @@ class Procs:
         return candidate
 
     async def master(
-        self, store: str = "memory://", listen: str = "127.0.0.1:0", name: str = "master"
+        self,
+        store: str = "memory://",
+        listen: str = "127.0.0.1:0",
+        name: str = "master",
+        extra: Sequence[str] = (),
+        timeout: float = START_TIMEOUT,
     ) -> tuple[Proc, str]:
+        """A master, once it has started (within `timeout`: it loads its store first);
+        `extra` flags go after the store (say `--member-ttl 3s`)."""
         argv = [str(BIN / "picoapi-master"), "--listen", listen, "--log-format", "json"]
-        proc = self.start(name, [*argv, "--store", store])
-        event = await proc.wait_event("master_started")
+        proc = self.start(name, [*argv, "--store", store, *extra])
+        event = await proc.wait_event("master_started", timeout)
         return proc, f"http://{event['listen']}"
 
     async def sidecar(self, config_path: Path, name: str = "sidecar") -> Proc:

@@ -1,7 +1,8 @@
-"""The two sizes of run: `full` (`make bench`) and `quick` (`make bench-quick`, < 4 min).
+"""The two sizes of run: `full` (`make bench`) and `quick` (`make bench-quick`).
 
-Same cases, same code; quick only runs wrk for shorter windows, repeats less and sends the
-Python cross-check fewer requests.
+Same cases, same code; quick only runs wrk for shorter windows, repeats less, sends the
+Python cross-check fewer requests, and runs the etcd cases (7-10) with fewer services,
+a shorter member TTL and check interval, and shorter windows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ class Mode:
     health_calls: int
     # 6. master memory
     memory_services: int
+    # 8. failover: three masters on etcd, one SIGKILLed
+    failover_services: int
+    failover_interval_s: float  # each service's check interval
+    failover_member_ttl_s: float  # --member-ttl
+    failover_rounds: int  # each kills a different master (restarted between rounds)
+    # 9. health-check capacity on etcd: (services, (masters, ...)) at 10 s
+    etcd_capacity: tuple[tuple[int, tuple[int, ...]], ...]
+    etcd_capacity_settle_s: float  # after the masters agree: more than one interval, so
+    # the services a joining master takes (first checked spread over an interval) are settled
+    etcd_capacity_window_s: float
+    # 10. steady-state writes to etcd (three masters, the failover case's services)
+    steady_window_s: float
 
 
 FULL = Mode(
@@ -66,6 +79,14 @@ FULL = Mode(
     idle_s=60.0,
     health_calls=1_000,
     memory_services=10_000,
+    failover_services=3_000,
+    failover_interval_s=10.0,
+    failover_member_ttl_s=10.0,
+    failover_rounds=3,
+    etcd_capacity=((10_000, (1, 2, 3)), (30_000, (1, 2, 3))),
+    etcd_capacity_settle_s=15.0,
+    etcd_capacity_window_s=20.0,
+    steady_window_s=60.0,
 )
 
 QUICK = Mode(
@@ -92,6 +113,14 @@ QUICK = Mode(
     idle_s=8.0,
     health_calls=200,
     memory_services=10_000,
+    failover_services=300,
+    failover_interval_s=1.0,
+    failover_member_ttl_s=3.0,
+    failover_rounds=1,
+    etcd_capacity=((5_000, (1, 3)),),
+    etcd_capacity_settle_s=11.0,
+    etcd_capacity_window_s=10.0,
+    steady_window_s=20.0,
 )
 
 MODES = {"full": FULL, "quick": QUICK}

@@ -11,6 +11,11 @@ Listens on PORTS loopback ports, writes them to PORTS_FILE as a JSON list, then 
 - `GET /_control/report`: the window so far: hits, hits per second, and the gaps between
   consecutive checks of one service minus INTERVAL (how much later than promised each check
   came; for a fixed-rate scheduler about 0, for a fixed-delay one its drift).
+- `POST /_control/record`: from now on, also keep the time of every hit, per service (at
+  most RECORD_MAX in all); `GET /_control/record` returns them, `{"now": t, "hits": {i:
+  [t, ...]}}`, and stops recording. Times are this process's `time.monotonic()`:
+  CLOCK_MONOTONIC, the same clock in every process of the machine, so a caller compares
+  them with its own (the failover case: when each service was first checked after a kill).
 
 The swarm runs in its own process, so what it costs is not counted against the master; on
 the daemons' event loop (master.shared.daemon.run: uvloop where installed).
@@ -34,6 +39,7 @@ from master.shared import daemon
 HEALTH_BODY: Final = b'{"status":"passing","check":"http","output":"ok","duration_ms":0.1}'
 HANG_SECONDS: Final = 30.0
 GAPS_MAX: Final = 2_000_000
+RECORD_MAX: Final = 2_000_000
 
 
 class Hits:
@@ -44,6 +50,8 @@ class Hits:
         self.count = 0
         self.hangs = 0
         self.window_start = time.monotonic()
+        self.recorded: dict[str, list[float]] | None = None  # every hit's time, when asked
+        self.record_count = 0
 
     def hit(self, service: str) -> None:
         now = time.monotonic()
@@ -52,6 +60,17 @@ class Hits:
         self.last[service] = now
         if previous is not None and len(self.gaps) < GAPS_MAX:  # gaps that end in the window
             self.gaps.append(now - previous - self.interval)
+        if self.recorded is not None and self.record_count < RECORD_MAX:
+            self.recorded.setdefault(service, []).append(now)
+            self.record_count += 1
+
+    def start_recording(self) -> None:
+        self.recorded = {}
+        self.record_count = 0
+
+    def take_recording(self) -> dict[str, object]:
+        found, self.recorded = self.recorded or {}, None
+        return {"now": time.monotonic(), "hits": found, "full": self.record_count >= RECORD_MAX}
 
     def reset(self) -> None:
         self.gaps = []
@@ -99,6 +118,15 @@ async def report(request: web.Request) -> web.Response:
     return web.json_response(request.app[HITS].report())
 
 
+async def record(request: web.Request) -> web.Response:
+    request.app[HITS].start_recording()
+    return web.json_response({"now": time.monotonic()})
+
+
+async def recorded(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HITS].take_recording())
+
+
 async def serve(ports: int, ports_file: Path, interval: float) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -108,6 +136,8 @@ async def serve(ports: int, ports_file: Path, interval: float) -> None:
     app.router.add_get("/hang/{id}", hang)
     app.router.add_post("/_control/reset", reset)
     app.router.add_get("/_control/report", report)
+    app.router.add_post("/_control/record", record)
+    app.router.add_get("/_control/record", recorded)
     await serve_until_signal(app, extra_ports=ports, ports_file=ports_file)
 
 
