@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -297,8 +297,17 @@ def read_file(path: str | Path, limit: int = FILE_MAX) -> bytes:
     return data
 
 
-def parse_config(data: bytes, path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """`load_config` of the bytes read from `path`."""
+Parse = Callable[[str, str, Mapping[str, str]], Document]
+
+
+def parse_config(
+    data: bytes,
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    parse: Parse | None = None,
+) -> Config:
+    """`load_config` of the bytes read from `path`; `parse` turns the text into a Document
+    (the watcher hands a large file's to a child process)."""
     env = os.environ if environ is None else environ
     file = str(path)
     try:
@@ -306,7 +315,7 @@ def parse_config(data: bytes, path: str | Path, environ: Mapping[str, str] | Non
     except UnicodeDecodeError as exc:
         message = f"is not UTF-8 text (byte {exc.start})"
         raise ConfigError([Problem(file, None, "", message)]) from None
-    doc = parse_document(text, file, env)
+    doc = (parse or parse_document)(text, file, env)
     config = _Reader(doc, env, Path(path)).read()
     doc.raise_for_problems()
     _check_wire_format(doc, config)

@@ -9,8 +9,11 @@ read again even if its content is what it was, so the report clears. A file that
 read (its mode, say) is reported once and read again at every poll until it can be, so an
 edit made meanwhile is not lost whatever its stat.
 
-The file is read, hashed and parsed in a thread: a 1 MiB file takes the pure-Python YAML
-parser most of a second, and /health must keep answering meanwhile.
+The file is read, hashed and parsed off the event loop, in a thread: /health must keep
+answering meanwhile. A large file (past CHILD_PARSE_CHARS) is parsed by a child process: the
+pure-Python YAML parser takes most of a second over 1 MiB, all of it holding the GIL, and in
+a thread the event loop would wait for the lock at every turn, the longer whenever the OS
+preempts the parsing thread while it holds it (on a busy machine, past 100 ms).
 
 The owner runs `run()` as its task and cancels it to stop.
 """
@@ -21,19 +24,98 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import structlog
 
-from master.shared.yamlfile import ConfigError
+from master.shared.yamlfile import ConfigError, Document, Problem, parse_document
 from sidecar.config import Config, FileUnreadable, parse_config, read_file
 
 log = structlog.get_logger("sidecar.watch")
 
 POLL_SECONDS: Final = 0.5  # a tag edit must reach the master within 2 s; stat is cheap
+CHILD_PARSE_CHARS: Final = 64 * 1024  # a service file is a few hundred bytes
+CHILD_PARSE_TIMEOUT: Final = 30.0  # at nice 10 on a busy machine, a 1 MiB file takes seconds
+# The child: the text, the file's name, the environment and our import path come pickled on
+# stdin; the Document, or the problems of a file that does not parse, go back on stdout. It
+# lowers its priority first: its imports and the parse yield the CPU to the event loop.
+_CHILD_SCRIPT: Final = """
+import os, pickle, sys
+os.nice(10)
+text, file, environ, path = pickle.loads(sys.stdin.buffer.read())
+sys.path[:0] = path
+from master.shared.yamlfile import ConfigError, parse_document
+try:
+    result = parse_document(text, file, environ)
+except ConfigError as exc:
+    result = list(exc.problems)
+sys.stdout.buffer.write(pickle.dumps(result))
+"""
+
+
+class ChildParser:
+    """`parse_document`, in a child process for a large text (its own GIL), in the calling
+    thread for the usual small one. A child that cannot run or fails leaves the parse to
+    the thread; `kill` ends one still running (the watcher stopped meanwhile)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._killed = False
+
+    def __call__(self, text: str, file: str, environ: Mapping[str, str]) -> Document:
+        if len(text) <= CHILD_PARSE_CHARS:
+            return parse_document(text, file, environ)
+        message = pickle.dumps((text, file, dict(environ), list(sys.path)))
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_SCRIPT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            log.warning("config_parse_child_failed", reason=str(exc), parsing="in a thread")
+            return parse_document(text, file, environ)
+        with self._lock:
+            self._child, self._killed = child, False
+        try:
+            out, err = child.communicate(message, timeout=CHILD_PARSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            seconds = f"{CHILD_PARSE_TIMEOUT:g}"
+            raise ConfigError([Problem(file, None, "", f"not parsed within {seconds} s")]) from None
+        finally:
+            with self._lock:
+                self._child = None
+        if self._killed:
+            raise ConfigError([Problem(file, None, "", "not parsed: the watcher stopped")])
+        if child.returncode != 0 or not out:
+            reason = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [
+                f"exit status {child.returncode}"
+            ]
+            log.warning("config_parse_child_failed", reason=reason[0], parsing="in a thread")
+            return parse_document(text, file, environ)
+        result = pickle.loads(out)  # from our own child, of plain values we made there
+        if isinstance(result, list):
+            raise ConfigError(result)
+        assert isinstance(result, Document)
+        return result
+
+    def kill(self) -> None:
+        with self._lock:
+            if self._child is not None and self._child.poll() is None:
+                self._killed = True
+                self._child.kill()
+
 
 Stamp = tuple[int, int, int, int, int]
 
@@ -62,7 +144,7 @@ class _Read:
     error: ConfigError | None = None
 
 
-def _read(path: Path, known_digest: str | None, always: bool) -> _Read:
+def _read(path: Path, known_digest: str | None, always: bool, parser: ChildParser) -> _Read:
     """Read the file; parse it unless its content is `known_digest` (and not `always`)."""
     try:
         data = read_file(path)
@@ -72,7 +154,7 @@ def _read(path: Path, known_digest: str | None, always: bool) -> _Read:
     if digest == known_digest and not always:
         return _Read(digest)
     try:
-        return _Read(digest, parse_config(data, path))
+        return _Read(digest, parse_config(data, path, parse=parser))
     except ConfigError as exc:
         return _Read(digest, error=exc)
 
@@ -91,6 +173,7 @@ class ConfigWatcher:
         self._unreadable: str | None = None  # why the last read failed: read again
         self._forced = False
         self._wake = asyncio.Event()
+        self._parser = ChildParser()
 
     def reload_now(self) -> None:
         """SIGHUP: re-read the file at once, even if neither its stat nor its content
@@ -125,7 +208,11 @@ class ConfigWatcher:
             return
         self._stamp = stamp
         again = forced or returned or retry
-        read = await asyncio.to_thread(_read, self.path, self._digest, again)
+        try:
+            read = await asyncio.to_thread(_read, self.path, self._digest, again, self._parser)
+        except asyncio.CancelledError:
+            self._parser.kill()  # the thread then ends at once, and nothing waits on it
+            raise
         if isinstance(read.error, FileUnreadable):
             self._unreadable_now(read.error)
             return

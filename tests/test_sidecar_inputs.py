@@ -123,6 +123,56 @@ def test_health_answers_while_a_large_file_parses(tmp_path: Path) -> None:
     assert max(times) < HEALTH_WITHIN, f"slowest /health {max(times) * 1000:.0f} ms: {times}"
 
 
+def test_a_large_file_is_parsed_by_a_child_exactly_as_in_process(tmp_path: Path) -> None:
+    """The child's Document is the one parse_document makes here: values, lines, problems."""
+    text = padded(service_yaml("[a, b]") + "  meta: {k: '${HOME:-x}'}\n", 200_000)
+    here = yamlfile.parse_document(text, "svc.yaml", {"HOME": "/h"})
+    there = watch.ChildParser()(text, "svc.yaml", {"HOME": "/h"})
+    assert vars(there) == vars(here)
+    assert there.get("service.meta.k") == "/h" and there.line_of("service.tags") == 6
+    broken = text.replace("tags: [a, b]", "tags: [a, b")
+    with pytest.raises(ConfigError) as in_child:
+        watch.ChildParser()(broken, "svc.yaml", {})
+    with pytest.raises(ConfigError) as in_process:
+        yamlfile.parse_document(broken, "svc.yaml", {})
+    assert in_child.value.problems == in_process.value.problems
+
+
+def test_a_child_that_cannot_run_leaves_the_parse_to_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = padded(service_yaml(), 100_000)
+    monkeypatch.setattr(watch.sys, "executable", "/nonexistent/python")
+    assert watch.ChildParser()(text, "svc.yaml", {}).get("service.name") == "web"
+    monkeypatch.setattr(watch.sys, "executable", "/bin/false")  # runs, says nothing
+    assert watch.ChildParser()(text, "svc.yaml", {}).get("service.name") == "web"
+
+
+async def test_a_watcher_stopped_mid_parse_kills_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "POLL_SECONDS", 0.02)
+    path = tmp_path / "service.yaml"
+    path.write_text(service_yaml())
+    children: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = real_popen(*args, **kwargs)
+        children.append(child)
+        return child
+
+    monkeypatch.setattr(watch.subprocess, "Popen", recording)
+    watcher = ConfigWatcher(path, load_config(path), lambda new: None)
+    task = asyncio.create_task(watcher.run())
+    path.write_text(padded(service_yaml("[big]"), FILE_MAX))
+    await eventually(lambda: children)
+    started = time.monotonic()
+    await cancel_and_wait(task)
+    assert time.monotonic() - started < 0.5
+    assert children[0].wait(2) == -signal.SIGKILL
+
+
 # --- the watcher ---------------------------------------------------------------------------
 
 

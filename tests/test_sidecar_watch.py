@@ -205,9 +205,9 @@ async def test_a_touch_without_a_change_does_nothing(
     reads: list[Path] = []
     real = watch.parse_config
 
-    def counting(data: bytes, path: Path) -> Config:
+    def counting(data: bytes, path: Path, **kwargs: Any) -> Config:
         reads.append(path)
-        return real(data, path)
+        return real(data, path, **kwargs)
 
     monkeypatch.setattr(watch, "parse_config", counting)
     async with watching(service_file) as watched:
