@@ -218,15 +218,17 @@ class HealthScheduler:
         self._schedule(new, soon=True)
 
     def _rebalance(self) -> None:
-        """The share moved (a master came or went): take up what is ours now, at once,
-        and let go of what is not."""
+        """The share moved (a master came or went): take up what is ours now and let go
+        of what is not. What is taken is spread over an interval, as at start: a master
+        taking a dead one's thousands of services must not check them in one burst every
+        interval for good (the phase stays); each is checked within its interval."""
         if not self._running:
             return
         taken = dropped = 0
         for record in self._registry.records():
             mine = record.check is not None and self._ownership.owns(record.id)
             if mine and record.id not in self._entries:
-                self._schedule(record, soon=True)
+                self._schedule(record, soon=False)
                 taken += 1
             elif not mine and self._entries.pop(record.id, None) is not None:
                 dropped += 1
