@@ -35,6 +35,7 @@ from typing import Final
 
 import structlog
 
+from master.shared import yamlfile
 from master.shared.yamlfile import ConfigError, Document, Problem, parse_document
 from sidecar.config import Config, FileUnreadable, parse_config, read_file
 
@@ -45,7 +46,9 @@ CHILD_PARSE_CHARS: Final = 64 * 1024  # a service file is a few hundred bytes
 CHILD_PARSE_TIMEOUT: Final = 30.0  # at nice 10 on a busy machine, a 1 MiB file takes seconds
 # The child: the text, the file's name, the environment and our import path come pickled on
 # stdin; the Document, or the problems of a file that does not parse, go back on stdout. It
-# lowers its priority first: its imports and the parse yield the CPU to the event loop.
+# starts without `site` (quick: the path comes from here) and lowers its priority before its
+# imports and the parse, which so yield the CPU to the event loop.
+_IMPORT_ROOT: Final = str(Path(yamlfile.__file__).resolve().parents[2])  # holds `master`
 _CHILD_SCRIPT: Final = """
 import os, pickle, sys
 os.nice(10)
@@ -73,10 +76,10 @@ class ChildParser:
     def __call__(self, text: str, file: str, environ: Mapping[str, str]) -> Document:
         if len(text) <= CHILD_PARSE_CHARS:
             return parse_document(text, file, environ)
-        message = pickle.dumps((text, file, dict(environ), list(sys.path)))
+        message = pickle.dumps((text, file, dict(environ), [_IMPORT_ROOT, *sys.path]))
         try:
             child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_SCRIPT],
+                [sys.executable, "-S", "-c", _CHILD_SCRIPT],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
