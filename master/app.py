@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from master import api, compat, consul, dashboard, spec
+from master import api, catalog_apis, compat, consul, dashboard, spec
 from master.auth import Auth
 from master.cluster import DEFAULT_MEMBER_TTL, Membership, Ownership, Solo
 from master.eviction import EvictionGuard
@@ -120,6 +120,7 @@ def build_app(
     api.add_routes(app)
     compat.add_routes(app)
     consul.add_routes(app)
+    catalog_apis.add_routes(app)
     dashboard.add_routes(app)
     spec.add_routes(app)
     return app

@@ -240,6 +240,116 @@ SCHEMAS: Final[dict[str, Any]] = {
             ),
         },
     ),
+    "ApiCatalog": _object(
+        ["index", "apis"],
+        index={
+            "type": "integer",
+            "description": "the registry index; with `name=`, the index of that name's last change",
+        },
+        apis={"type": "array", "items": _ref("ApiCatalogEntry")},
+    ),
+    "ApiCatalogEntry": _object(
+        [
+            "name",
+            "instances",
+            "documents",
+            "without_document",
+            "baseline",
+            "baseline_rule",
+            "diffs",
+            "summary",
+        ],
+        name={"type": "string"},
+        instances={
+            "type": "integer",
+            "description": "instances of the name, with or without a document",
+        },
+        documents={
+            "type": "array",
+            "minItems": 1,
+            "description": "the distinct documents, the baseline first",
+            "items": _object(
+                ["sha256", "title", "version", "label", "bytes", "instances", "baseline"],
+                sha256={"type": "string"},
+                title={"type": "string", "description": "info.title, as printable text"},
+                version={"type": "string", "description": "info.version, as printable text"},
+                label={"type": "string", "description": "the version, with a short sha if shared"},
+                bytes={"type": "integer"},
+                instances=STRINGS,
+                baseline={"type": "boolean"},
+            ),
+        },
+        without_document=STRINGS,
+        baseline={"type": "string", "description": "the sha256 the others are compared with"},
+        baseline_rule={"enum": ["highest info.version", "newest registration"]},
+        diffs={"type": "array", "items": _ref("ApiDiff")},
+        summary={
+            "type": "string",
+            "description": "'2 of 5 instances on 1.5.0; 1 breaking change: DELETE /items removed'",
+        },
+    ),
+    "ApiDiff": _object(
+        [
+            "from",
+            "to",
+            "from_version",
+            "to_version",
+            "compared",
+            "not_compared_because",
+            "breaking",
+            "changes",
+            "changes_left_off",
+        ],
+        **{"from": {"type": "string", "description": "sha256 of the older document"}},
+        to={"type": "string", "description": "sha256 of the baseline"},
+        from_version={"type": "string"},
+        to_version={"type": "string"},
+        compared={"type": "boolean"},
+        not_compared_because={"type": ["string", "null"]},
+        breaking={"type": "integer", "description": "how many changes are breaking"},
+        changes={"type": "array", "items": _ref("ApiChange")},
+        changes_left_off={"type": "integer"},
+    ),
+    "ApiChange": {
+        "type": "object",
+        "required": ["kind", "operation", "text", "breaking"],
+        "properties": {
+            "kind": {
+                "enum": [
+                    "operation_removed",
+                    "operation_added",
+                    "parameter_removed",
+                    "parameter_added",
+                    "parameter_required_changed",
+                    "body_required_changed",
+                    "body_field_required_changed",
+                ]
+            },
+            "operation": {"type": "string", "description": "METHOD /path"},
+            "text": {"type": "string"},
+            "breaking": {
+                "type": "boolean",
+                "description": "a removal, or an input newly required",
+            },
+            "parameter": _object(
+                ["in", "name"], name={"type": "string"}, **{"in": {"type": "string"}}
+            ),
+            "field": {"type": "string", "description": "a request body field"},
+            "required": {"type": "boolean", "description": "required after the change"},
+        },
+    },
+    "ServicePageFragment": _object(
+        ["index", "found", "title", "sections", "keys"],
+        index={"type": "integer", "description": "pass it back as index= to wait for a change"},
+        found={"type": "boolean"},
+        title={"type": "string"},
+        sections={
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "section name -> its HTML, rendered (and escaped) by the master",
+        },
+        keys={"type": "object", "additionalProperties": {"type": "string"}},
+    ),
     "PrometheusTargets": {
         "type": "array",
         "items": _object(
@@ -258,11 +368,36 @@ PARAMETERS: Final = {
         "schema": MODEL_SCHEMAS["Registration"]["properties"]["id"],
     },
     "serviceName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-    "asset": {
+    "dashboardAsset": {
         "name": "name",
         "in": "path",
         "required": True,
-        "schema": {"enum": ["index.html", "app.js", "style.css"]},
+        "schema": {"enum": ["app.js", "service.js", "api.js", "shared.js", "style.css"]},
+    },
+    "swaggerAsset": {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"enum": ["swagger-ui-bundle.js", "swagger-ui.css"]},
+    },
+    "search": {
+        "name": "q",
+        "in": "query",
+        "description": "the list shows services whose name or id holds this text",
+        "schema": {"type": "string"},
+    },
+    "pageStatus": {
+        "name": "status",
+        "in": "query",
+        "description": "the list shows services of this status (another value: all)",
+        "schema": {"type": "string"},
+    },
+    "fragment": {
+        "name": "fragment",
+        "in": "query",
+        "description": "answer the page's sections as JSON (any value); with index=, a "
+        "blocking request that waits for a change of the service's name (20 s unless wait=)",
+        "schema": {"type": "string"},
     },
     "tag": {
         "name": "tag",
@@ -323,6 +458,24 @@ ERROR_ANSWERS: Final = {
 RECORD_ANSWER: Final = _answer("the record", _ref("Record"))
 BLOCKING: Final = ("index", "wait")
 CATALOG: Final = "consul"
+
+# A page for an id not registered says so, as a page (404); a path the page's route does
+# not take (an id with a slash) is the API's own 404.
+PAGE_NOT_FOUND: Final = {
+    **_answer("no service with this id (the page says so)", {"type": "string"}),
+    "content": {
+        "text/html": {"schema": {"type": "string"}},
+        JSON: {"schema": _ref("Error")},
+    },
+}
+
+
+def _page(operation: dict[str, Any]) -> dict[str, Any]:
+    """A dashboard page: no token asked (it holds data only where reads are open), and a
+    404 page for an id not registered."""
+    responses = {**operation["responses"], "404": PAGE_NOT_FOUND}
+    return {**operation, "responses": responses, "security": OPEN}
+
 
 PATHS: Final[dict[str, Any]] = {
     "/v1/services": {
@@ -540,24 +693,89 @@ PATHS: Final[dict[str, Any]] = {
             errors=("401",),
         )
     },
-    "/": {
+    "/v1/catalog/apis": {
         "get": _get(
-            "dashboard",
-            "The dashboard",
-            "dashboard",
-            _answer("an HTML page", {"type": "string"}, media=("text/html",)),
-            errors=("401",),
+            "listApis",
+            "The OpenAPI documents of each service name, and how its instances' differ",
+            "registry",
+            _answer("per name: documents, instances, diffs, summary", _ref("ApiCatalog")),
+            "name",
+            *BLOCKING,
         )
     },
+    "/": {
+        "get": {
+            **_get(
+                "dashboard",
+                "The dashboard: the list of services (rendered with data where reads are open)",
+                "dashboard",
+                _answer("an HTML page", {"type": "string"}, media=("text/html",)),
+                "search",
+                "tag",
+                "pageStatus",
+                errors=(),
+            ),
+            "security": OPEN,
+        }
+    },
+    "/dashboard/services/{id}": {
+        "parameters": _params("id"),
+        "get": _page(
+            _get(
+                "dashboardService",
+                "A service's page; with fragment=, its sections as JSON (a read token where "
+                "reads need one)",
+                "dashboard",
+                {
+                    **_answer("the page", {"type": "string"}, media=("text/html",)),
+                    "content": {
+                        "text/html": {"schema": {"type": "string"}},
+                        JSON: {"schema": _ref("ServicePageFragment")},
+                    },
+                },
+                "fragment",
+                *BLOCKING,
+                errors=("400", "401"),
+            )
+        ),
+    },
+    "/dashboard/services/{id}/api": {
+        "parameters": _params("id"),
+        "get": _page(
+            _get(
+                "dashboardServiceApi",
+                "A service's OpenAPI document as browsable docs (Swagger UI, served here)",
+                "dashboard",
+                _answer("the page", {"type": "string"}, media=("text/html",)),
+                errors=(),
+            )
+        ),
+    },
+    "/dashboard/vendor/swagger-ui/{name}": {
+        "get": {
+            **_get(
+                "dashboardSwaggerUi",
+                "The pinned copy of Swagger UI the API docs are rendered with",
+                "dashboard",
+                _answer("the file", {"type": "string"}, media=("text/javascript", "text/css")),
+                "swaggerAsset",
+                errors=("404",),
+            ),
+            "security": OPEN,
+        }
+    },
     "/dashboard/{name}": {
-        "get": _get(
-            "dashboardAsset",
-            "The dashboard's script and style",
-            "dashboard",
-            _answer("the file", {"type": "string"}, media=("text/javascript", "text/css")),
-            "asset",
-            errors=("401", "404"),
-        )
+        "get": {
+            **_get(
+                "dashboardAsset",
+                "The dashboard's scripts and style",
+                "dashboard",
+                _answer("the file", {"type": "string"}, media=("text/javascript", "text/css")),
+                "dashboardAsset",
+                errors=("404",),
+            ),
+            "security": OPEN,
+        }
     },
 }
 

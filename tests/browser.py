@@ -17,6 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -65,6 +66,10 @@ class Browser:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
+        # event method -> what answers it (a paused request must be answered, or it hangs)
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
+        self._handling: set[asyncio.Task[None]] = set()
+        self.refused: list[str] = []  # requests refused by `offline_except`
 
     @classmethod
     async def launch(cls, executable: str) -> Browser:
@@ -120,6 +125,11 @@ class Browser:
             future = self._pending.pop(data["id"], None) if "id" in data else None
             if future is None:
                 self.events.append(data)
+                handler = self._handlers.get(data.get("method", ""))
+                if handler is not None:
+                    task = asyncio.create_task(handler(data.get("params", {})))
+                    self._handling.add(task)
+                    task.add_done_callback(self._handling.discard)
             elif not future.done():
                 future.set_result(data)
         for future in self._pending.values():
@@ -175,15 +185,60 @@ class Browser:
         wanted = "true" if expected is TRUTHY else repr(expected)
         raise AssertionError(f"{expression!r} not {wanted} within {timeout}s (last: {last!r})")
 
-    async def screenshot(self, path: str | Path) -> None:
-        result = await self.send("Page.captureScreenshot", format="png")
-        await asyncio.to_thread(Path(path).write_bytes, base64.b64decode(result["data"]))
+    async def screenshot(self, path: str | Path, *, full_page: bool = False) -> None:
+        """A PNG of the viewport, or of the whole page (`full_page`) at the viewport's width."""
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = await self.evaluate("[window.innerWidth, document.documentElement.scrollHeight]")
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1},
+            )
+        result = await self.send("Page.captureScreenshot", **params)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(target.write_bytes, base64.b64decode(result["data"]))
+
+    async def viewport(self, width: int, height: int = 800) -> None:
+        """Lay the page out as a window of this size (CSS pixels)."""
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
+    async def scripts(self, enabled: bool) -> None:
+        """Turn the page's own scripts off (what the server painted, alone) or on again."""
+        await self.send("Emulation.setScriptExecutionDisabled", value=not enabled)
+
+    async def offline_except(self, origin: str) -> None:
+        """No network but `origin`: every other request (another host, a CDN) fails as
+        if offline, and its URL is kept in `refused`."""
+
+        async def paused(params: dict[str, Any]) -> None:
+            url = params["request"]["url"]
+            if url == origin or url.startswith(origin + "/"):
+                await self.send("Fetch.continueRequest", requestId=params["requestId"])
+            else:
+                self.refused.append(url)
+                await self.send(
+                    "Fetch.failRequest",
+                    requestId=params["requestId"],
+                    errorReason="InternetDisconnected",
+                )
+
+        self._handlers["Fetch.requestPaused"] = paused
+        await self.send("Fetch.enable", patterns=[{"urlPattern": "*"}])
 
     def events_named(self, method: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("method") == method]
 
     async def close(self) -> None:
         """Kill the browser's process group by its id, reap it, and remove its profile."""
+        for task in list(self._handling):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
