@@ -115,13 +115,21 @@ base() {
   fi
 }
 
+# One build at a time on this machine: two would share the wheelhouse and the tags.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/image.lock"
+flock 9
+
 wheels
 BASE=$(base)
 say "build: $IMAGE on $BASE with $ENGINE"
-build=(build -f deploy/Dockerfile -t "$IMAGE"
-  --build-arg "BASE_IMAGE=$BASE" --build-arg PIP_NO_INDEX=1)
+build=(build -f deploy/Dockerfile --build-arg "BASE_IMAGE=$BASE" --build-arg PIP_NO_INDEX=1)
 if [ "$ENGINE" = podman ]; then
   build+=(--ignorefile deploy/dockerignore)
 fi
-"$ENGINE" "${build[@]}" .
+# The builder stage is tagged too, so the cache of the next build survives the clean-up of
+# the earlier builds, which are left untagged (dangling) by these tags.
+"$ENGINE" "${build[@]}" --target builder -t "$IMAGE-builder" .
+"$ENGINE" "${build[@]}" -t "$IMAGE" .
+"$ENGINE" image prune --force --filter label=io.picoapi.image=picoapi-sidecar >/dev/null
 say "done: $IMAGE ($("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE") bytes)"
