@@ -12,7 +12,8 @@
 #      set), or docker where podman is missing and a docker engine answers.
 #
 # Settings (environment or make variables): IMAGE, BASE_IMAGE, ENGINE (podman|docker),
-# PICOAPI_CACHE (default ~/.cache/picoapi), DEBIAN_MIRROR, PY (a Python 3.11 with pip).
+# PICOAPI_CACHE (default ~/.cache/picoapi), DEBIAN_MIRROR, DEBIAN_BASE (the local base's
+# name), PY (a Python 3.11 with pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,7 +21,7 @@ ROOT=$PWD
 IMAGE=${IMAGE:-localhost/picoapi-sidecar:latest}
 OFFICIAL_BASE=docker.io/library/python:3.11-slim
 DEBIAN_SUITE=bookworm # its python3 is 3.11, as the wheels are
-DEBIAN_BASE=localhost/picoapi-base:$DEBIAN_SUITE
+DEBIAN_BASE=${DEBIAN_BASE:-localhost/picoapi-base:$DEBIAN_SUITE}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${PICOAPI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/picoapi}
 WHEELHOUSE=deploy/wheelhouse
@@ -92,7 +93,9 @@ debian_base() {
     trap - EXIT
   fi
   say "base: importing $tarball as $DEBIAN_BASE"
-  "$ENGINE" import \
+  local quiet=()
+  [ "$ENGINE" != podman ] || quiet=(--quiet) # docker import prints only the id
+  "$ENGINE" import "${quiet[@]}" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["python3"]' \
