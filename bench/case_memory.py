@@ -6,6 +6,7 @@ service, everything included (the record, its indexes, its cached JSON, its sche
 the store's copy on memory://, and whatever the allocator keeps from handling the PUTs).
 With an OpenAPI document: the same with a 1.6 KB document in every registration. On
 sqlite:/// the store's copy lives on disk, so that row shows the in-memory registry alone.
+Replicas: 40 instances of one name sharing one 0.45 MB document (kept once, by sha256).
 """
 
 from __future__ import annotations
@@ -21,6 +22,59 @@ from bench.modes import Mode
 from bench.workloads import openapi_document
 
 SETTLE_S = 1.0
+REPLICAS = 40
+SHARED_DOCUMENT_PATHS = 1920  # about 0.45 MB of JSON
+
+
+def shared_document() -> dict[str, Any]:
+    """One large document (about 0.45 MB), as a service with a big API serves it."""
+    operation = {
+        "summary": "x" * 40,
+        "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {"200": {"description": "ok " * 10}},
+    }
+    paths = {f"/items{i}/{{id}}": {"get": operation} for i in range(SHARED_DOCUMENT_PATHS)}
+    return {"openapi": "3.0.3", "info": {"title": "web", "version": "1.0"}, "paths": paths}
+
+
+async def replicas_sharing_a_document(logs: Path) -> dict[str, Any]:
+    """RSS before and after REPLICAS PUTs of one name with the same large document."""
+    import aiohttp
+
+    document = shared_document()
+    with Procs(logs) as procs:
+        master, url = await procs.master(
+            store=f"sqlite:///{logs}/memory-replicas/registry.db", name="memory-replicas"
+        )
+        async with aiohttp.ClientSession() as session:
+            await asyncio.sleep(SETTLE_S)
+            before = master.rss()
+            for i in range(REPLICAS):
+                body = {
+                    "name": "web",
+                    "address": "127.0.0.1",
+                    "port": 9000 + i,
+                    "openapi": document,
+                }
+                async with session.put(f"{url}/v1/services/web-{i}", json=body) as answer:
+                    if answer.status != 200:
+                        raise RuntimeError(f"replica {i}: {answer.status} {await answer.text()}")
+            await asyncio.sleep(SETTLE_S)
+            after = master.rss()
+    size = len(json.dumps(document, separators=(",", ":")))
+    log(
+        f"memory replicas: {REPLICAS} sharing a {size / 1e6:.2f} MB document: "
+        f"{mib(before):.1f} -> {mib(after):.1f} MiB, {(after - before) / REPLICAS:,.0f} bytes each"
+    )
+    return {
+        "replicas": REPLICAS,
+        "document_bytes": size,
+        "rss_before_mib": mib(before),
+        "rss_after_mib": mib(after),
+        "bytes_per_service": (after - before) / REPLICAS,
+    }
 
 
 async def run(mode: Mode, logs: Path) -> dict[str, Any]:
@@ -64,6 +118,7 @@ async def run(mode: Mode, logs: Path) -> dict[str, Any]:
             f"memory {name:<15}: {mib(before):.1f} -> {mib(after):.1f} MiB, "
             f"{(after - before) / n:,.0f} bytes per service"
         )
+    results["replicas"] = await replicas_sharing_a_document(logs)
     return results
 
 
@@ -111,6 +166,12 @@ def section(mem: Result) -> list[str]:
         "memory_openapi": f"memory://, a {mem['openapi_bytes']:,}-byte OpenAPI document each",
         "sqlite": "sqlite:///, no OpenAPI document",
     }
+    if "replicas" in mem:
+        r = mem["replicas"]
+        labels["replicas"] = (
+            f"sqlite:///, {r['replicas']} replicas sharing one {r['document_bytes'] / 1e6:.2f} MB "
+            "document (kept once)"
+        )
     for key, label in labels.items():
         if key in mem:
             r = mem[key]
