@@ -6,7 +6,7 @@ shared by the pod's containers, as in a Kubernetes pod, and nothing else):
 
     master    picoapi-master --listen 127.0.0.1:9500   (SQLite on a tmpfs at /data)
     web       python3 -m http.server 8080               (any program: the sidecar sees a port)
-    sidecar   picoapi-sidecar run /etc/picoapi/service.yaml
+    sidecar   picoapi-sidecar run /etc/picoapi/web.yaml      (deploy/podman/config/web.yaml)
               /etc/picoapi: a ConfigMap-style folder mounted read-only
 
 Every container runs as the image's user, on a read-only root. The master's API is asked
@@ -34,7 +34,9 @@ from tests.podman_fixture import ConfigMapDir, Podman
 picoapi_image = podman_fixture.picoapi_image  # bound, not imported: no F811 on uses
 podman = podman_fixture.podman
 
-MASTER_PORT: Final = 9500
+SERVICE_FILE: Final = ROOT / "deploy" / "podman" / "config" / "web.yaml"
+SERVICE_TAGS: Final = "tags: [pod, podman]"  # in SERVICE_FILE; the swap adds one
+MASTER_PORT: Final = 9500  # the ports and the id SERVICE_FILE gives
 SIDECAR_PORT: Final = 9501
 WEB_PORT: Final = 8080
 MASTER: Final = f"http://127.0.0.1:{MASTER_PORT}"
@@ -60,23 +62,10 @@ def podman_time(text: str) -> datetime.datetime:
 
 
 def service_yaml(tags: list[str]) -> str:
-    return f"""\
-service:
-  name: web
-  id: {SERVICE_ID}
-  address: 127.0.0.1           # the pod's loopback: where the master, in the pod, finds it
-  port: {WEB_PORT}
-  tags: [{", ".join(tags)}]
-check:
-  http: /
-  interval: 1s
-  timeout: 500ms
-  deregister_after: 0
-master:
-  url: {MASTER}
-sidecar:
-  listen: 127.0.0.1:{SIDECAR_PORT}
-"""
+    """deploy/podman/config/web.yaml (what deploy/README.md runs), with these tags."""
+    text = SERVICE_FILE.read_text()
+    assert text.count(SERVICE_TAGS) == 1, f"{SERVICE_FILE} no longer says {SERVICE_TAGS}"
+    return text.replace(SERVICE_TAGS, f"tags: [{', '.join(tags)}]")
 
 
 class Pod:
@@ -84,7 +73,7 @@ class Pod:
 
     def __init__(self, podman: Podman, image: str, config: Path) -> None:
         self.podman = podman
-        self.config = ConfigMapDir(config, {"service.yaml": service_yaml(["pod", "podman"])})
+        self.config = ConfigMapDir(config, {"web.yaml": service_yaml(["pod", "podman"])})
         self.name = podman.pod("pod")
         self.master = podman.run(
             "master",
@@ -105,7 +94,7 @@ class Pod:
         self.sidecar = podman.run(
             "sidecar",
             image,
-            *("picoapi-sidecar", "--log-format", "json", "run", "/etc/picoapi/service.yaml"),
+            *("picoapi-sidecar", "--log-format", "json", "run", "/etc/picoapi/web.yaml"),
             pod=self.name,
             options=(*ROOT_READ_ONLY, "--volume", f"{config}:/etc/picoapi:ro"),
         )
@@ -163,7 +152,7 @@ def test_a_pod_registers_through_its_loopback_and_follows_a_config_map_swap(pod:
     touch = pod.podman("exec", pod.sidecar, "touch", "/etc/picoapi/x", check=False)
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr
 
-    pod.config.update({"service.yaml": service_yaml(["pod", "podman", "swapped"])})
+    pod.config.update({"web.yaml": service_yaml(["pod", "podman", "swapped"])})
 
     def swapped() -> dict[str, Any] | None:
         record = pod.record()
