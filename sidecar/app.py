@@ -3,8 +3,9 @@
 Start: the listening socket (its port names this sidecar as the holder of the id), the
 HTTP session, the server, the sync loop (it registers), the file watcher. Stop,
 on SIGTERM or SIGINT, or when a part fails: stop watching, stop the loop, deregister (at
-most 3 s), stop serving (and any check still running), close the session; under 5 s in
-all, then exit 0 (1 if a part failed). Each stop is pushed on an exit stack as its part
+most 3 s; after `sidecar.drain_grace` of reporting `draining`, if one is set), stop
+serving (and any check still running), close the session; under 5 s in all plus the
+grace, then exit 0 (1 if a part failed). Each stop is pushed on an exit stack as its part
 starts, so whatever has started is stopped, in order, also when starting or running
 fails. A second signal shortens every wait still to come (the DELETE gets at most 1 s
 more) but skips no step: the service is still deregistered and the session still closed.
@@ -139,9 +140,16 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     async def deregister() -> None:
         current = desired.config
         if current.sidecar.deregister_on_exit and not sync.state.drained:
-            await sync.deregister()
+            await sync.drain()  # with a grace: `draining` first, then the DELETE
 
-    owner.on_stop("deregister", deregister, DEREGISTER)  # runs once the loop has stopped
+    def deregister_bounds() -> tuple[float, float]:
+        """The DELETE's bound, after the grace if one is set (read at the stop: a reload
+        may have changed it). A second signal cuts the grace short."""
+        grace = desired.config.sidecar.drain_grace
+        return DEREGISTER[0] + grace, DEREGISTER[1]
+
+    sync.hurry = owner.signals.hurry
+    owner.on_stop("deregister", deregister, deregister_bounds)  # once the loop has stopped
     owner.start_task("sync", sync.run(), LOOP_STOP)
     owner.start_task("watch", watcher.run(), WATCH_STOP)
     loop = asyncio.get_running_loop()
@@ -178,11 +186,16 @@ class Owner:
         return await self._stack.__aexit__(*exc_info)
 
     def on_stop(
-        self, name: str, stop: Callable[[], Awaitable[object]], bounds: tuple[float, float]
+        self,
+        name: str,
+        stop: Callable[[], Awaitable[object]],
+        bounds: tuple[float, float] | Callable[[], tuple[float, float]],
     ) -> None:
-        seconds, hurried = bounds
+        """`bounds`: (seconds, seconds left after a second signal), or what gives them
+        when the step runs."""
 
         async def step() -> None:
+            seconds, hurried = bounds() if callable(bounds) else bounds
             try:
                 if not await self.signals.within(stop(), seconds, hurried=hurried):
                     bound = hurried if self.signals.hurry.is_set() else seconds

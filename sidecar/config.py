@@ -90,7 +90,14 @@ _CHECK_KEYS: Final = (
 _PROCESS_KEYS: Final = ("pidfile", "name", "cmdline")
 _TLS_KEYS: Final = ("ca_file", "cert_file", "key_file")
 _MASTER_KEYS: Final = ("url", "token", "token_file", "ca_file", "cert_file", "key_file")
-_SIDECAR_KEYS: Final = ("listen", "advertise", "resync", "deregister_on_exit", "token_file")
+_SIDECAR_KEYS: Final = (
+    "listen",
+    "advertise",
+    "resync",
+    "deregister_on_exit",
+    "token_file",
+    "drain_grace",
+)
 
 SCHEMA: Final = {
     "service": _SERVICE_KEYS,
@@ -107,6 +114,13 @@ class Resync(Duration):
 
     __slots__ = ()
     low, high, bounds = INTERVAL_MIN, INTERVAL_MAX, "1s..1h"
+
+
+class DrainGrace(Duration):
+    """How long a leaving sidecar reports `draining` before it deregisters."""
+
+    __slots__ = ()
+    low, high, bounds = 0.0, 600.0, "0s..10m"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +214,8 @@ class SidecarSettings:
     # The tokens that may change the sidecar's state (POST /drain), a file in the one
     # token-file format (re-read when it changes); None: only loopback callers may.
     token_file: str | None = None
+    # On SIGTERM or POST /drain: report `draining` this long, then deregister (0: at once).
+    drain_grace: float = 0.0
 
     @property
     def listen(self) -> str:
@@ -626,6 +642,7 @@ class _Reader:
         resync = doc.check("sidecar.resync", Resync.parse)
         on_exit = doc.check("sidecar.deregister_on_exit", check_bool)
         token_file = doc.check("sidecar.token_file", check_text, PATH_MAX)
+        drain_grace = doc.check("sidecar.drain_grace", DrainGrace.parse)
         if token_file is not None:
             # Read now so a problem is reported at its line; the server re-reads it as it
             # changes (rotation), keeping the last good tokens.
@@ -642,6 +659,7 @@ class _Reader:
             resync=resync or DEFAULT_RESYNC,
             deregister_on_exit=True if on_exit is None else on_exit,
             token_file=token_file,
+            drain_grace=float(drain_grace or 0.0),
         )
 
 

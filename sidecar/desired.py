@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+import msgspec
+
 from master.model import Document, Registration, canonical_document, registration_body
 from sidecar.config import Config, MasterLink, default_instance
 
@@ -30,6 +32,7 @@ class Desired:
         self.registration: Registration = config.registration(self.instance)
         self.document: Document | None = None
         self.retired: list[tuple[str, MasterLink]] = []
+        self.draining = False  # on its way out: every PUT from now on says so
         self._dirty = asyncio.Event()
 
     # --- changes -------------------------------------------------------------------------
@@ -42,10 +45,22 @@ class Desired:
             kept = [(i, link) for i, link in self.retired if i not in (old_id, new_id)]
             self.retired = [*kept, (old_id, self.config.master)]
         self.config = config
-        self.registration = config.registration(self.instance)
+        self.registration = self._registration()
         if config.service.openapi is None:
             self.document = None  # no longer described: the master drops its copy too
         self.mark_dirty()
+
+    def start_draining(self) -> None:
+        """From now on the registration says `draining`, whatever a reload brings."""
+        self.draining = True
+        self.registration = self._registration()
+        self.mark_dirty()
+
+    def _registration(self) -> Registration:
+        registration = self.config.registration(self.instance)
+        if self.draining:
+            registration = msgspec.structs.replace(registration, draining=True)
+        return registration
 
     def retire_done(self, service_id: str) -> None:
         self.retired = [(i, link) for i, link in self.retired if i != service_id]

@@ -309,6 +309,7 @@ async def status(request: web.Request) -> web.Response:
             "instance": desired.instance,
             "registered": state.registered,
             "drained": state.drained,
+            "draining_since": _time(state.draining_since),
             "master_url": state.master_url,
             "last_sync": _time(state.last_sync_at),
             "syncs": state.syncs,

@@ -21,6 +21,7 @@ called from outside the loop (the owner at shutdown, `/drain`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class SyncState:
 
     registered: bool = False
     drained: bool = False
+    draining_since: float | None = None  # when it began to report `draining` (a grace)
     master_url: str | None = None
     last_sync_at: float | None = None
     last_error: str | None = None
@@ -129,6 +131,9 @@ class SyncLoop:
         self._fetch_failures = 0
         # Held for each PUT, so that /drain's DELETE never overtakes a PUT in flight.
         self._putting = asyncio.Lock()
+        self._leaving: asyncio.Task[bool] | None = None  # the one drain, however asked
+        # Set by the owner to its second-signal event: it cuts a drain's grace short.
+        self.hurry = asyncio.Event()
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -324,11 +329,37 @@ class SyncLoop:
         return True
 
     async def drain(self) -> bool:
-        """Deregister now and stay deregistered until the sidecar restarts: the loop ends
-        at its next turn, and a PUT in flight finishes before the DELETE goes."""
-        if not self.state.drained:
-            log.info("drain_requested", service_id=self.desired.config.service.id)
-            self.state.drained = True
-            self.desired.mark_dirty()  # wake the loop, so it ends
+        """Take the service out and keep it out until the sidecar restarts (POST /drain,
+        and SIGTERM). With `sidecar.drain_grace`, first tell the master the instance is
+        draining (watchers see it go, Consul's passing drops it, calls in flight finish)
+        and wait that long, or until a second signal; then deregister. The loop ends at
+        its next turn, and a PUT in flight finishes before the DELETE goes. Asked twice
+        (a preStop /drain, then SIGTERM), both wait for the one drain."""
+        if self._leaving is None:
+            self._leaving = asyncio.create_task(self._leave(), name="sidecar-drain")
+        return await asyncio.shield(self._leaving)
+
+    async def _leave(self) -> bool:
+        config = self.desired.config
+        grace = config.sidecar.drain_grace
+        log.info("drain_requested", service_id=config.service.id, grace_s=grace)
+        if grace > 0 and not self.state.drained:
+            self.desired.start_draining()
+            self.state.draining_since = time.time()
+            reported = await self.sync()
+            log.info(
+                "draining",
+                service_id=config.service.id,
+                reported=reported,
+                deregister_in_s=grace,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.hurry.wait()
+        self.state.drained = True
+        self.desired.mark_dirty()  # wake the loop, so it ends
         async with self._putting:
-            return await self.deregister()
+            gone = await self.deregister()
+        if not gone:
+            self._leaving = None  # no master answered: the next drain tries the DELETE again
+        return gone

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -338,6 +339,113 @@ def test_drain_deregisters_and_stays_away(
     assert sidecar.status()["drained"] is True
     sidecar.signal(signal.SIGTERM)
     assert sidecar.wait(10) == 0
+
+
+class Watcher:
+    """A blocking-query client of the master, in a thread: every state of `ident` it is
+    woken with (its status, or None once gone), with the time it saw it."""
+
+    def __init__(self, master: Master, ident: str = "node-api-1") -> None:
+        self.master, self.ident = master, ident
+        self.seen: list[tuple[float, str | None]] = []
+        self.passing_while_draining: list[Any] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        index = 0
+        deadline = time.monotonic() + 30  # bounded, whatever happens
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            answer = self.master.request("GET", f"/v1/services?index={index}&wait=2s")
+            index = int(answer.headers["x-picoapi-index"])
+            mine = [r for r in answer.json()["services"] if r["id"] == self.ident]
+            status = mine[0]["status"] if mine else None
+            if not self.seen or self.seen[-1][1] != status:
+                self.seen.append((time.monotonic(), status))
+                if status == "draining" and self.passing_while_draining is None:
+                    consul = self.master.request("GET", "/v1/health/service/node-api?passing")
+                    self.passing_while_draining = consul.json()
+
+    def first(self, status: str | None) -> float:
+        return next(at for at, seen in self.seen if seen == status)
+
+
+def test_sigterm_with_a_drain_grace_reports_draining_then_deregisters(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    """sidecar.drain_grace 2s: on SIGTERM a watcher sees `draining` (and the Consul view
+    no longer lists it as passing), the record stays that long, then goes; exit 0 within
+    the grace plus the 5 s budget."""
+    master = start_master()
+    port = free_port()
+    grace = 2.0
+    text = sidecar_yaml(service, master.url, port, extra=f"  drain_grace: {grace:g}s\n")
+    sidecar = start_sidecar(text, port)
+    wait_until(lambda: (r := record(master)) and r["status"] == "passing", message="passing")
+    with Watcher(master) as watcher:
+        wait_until(lambda: watcher.seen, message="the watcher's first answer")
+        signalled = time.monotonic()
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait(grace + 5) == 0
+        exited = time.monotonic()
+        wait_until(lambda: watcher.seen[-1][1] is None, message="the watcher sees it go")
+    statuses = [status for _, status in watcher.seen]
+    assert statuses == ["passing", "draining", None], watcher.seen
+    assert watcher.passing_while_draining == []  # Consul's ?passing drops a draining one
+    assert watcher.first(None) - watcher.first("draining") >= grace - 0.3, watcher.seen
+    assert grace - 0.3 <= exited - signalled < grace + 5
+    events = [e["event"] for e in sidecar.events()]
+    assert events.index("draining") < events.index("deregistered")
+
+
+def test_post_drain_with_a_grace_answers_once_the_record_is_gone(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    """A preStop hook's POST /drain returns after the grace and the DELETE, so the kubelet
+    stops the application only once nobody is sent to it; the sidecar stays away."""
+    master = start_master()
+    port = free_port()
+    text = sidecar_yaml(service, master.url, port, resync="1s", extra="  drain_grace: 1500ms\n")
+    sidecar = start_sidecar(text, port)
+    wait_until(lambda: (r := record(master)) and r["status"] == "passing", message="passing")
+    asked = time.monotonic()
+    answer = http_request("POST", f"{sidecar.url}/drain", timeout=10)
+    assert answer.status == 200 and answer.json()["drained"] is True, answer
+    assert time.monotonic() - asked >= 1.2
+    assert record(master) is None
+    time.sleep(2.5)  # resyncs at 1 s would have re-registered it
+    assert record(master) is None
+    status = sidecar.status()
+    assert status["drained"] is True and status["draining_since"].endswith("Z")
+    started = time.monotonic()
+    sidecar.signal(signal.SIGTERM)  # drained already: no second grace
+    assert sidecar.wait(10) == 0
+    assert time.monotonic() - started < 5
+
+
+def test_a_second_signal_cuts_the_drain_grace_short(
+    start_master: Any, start_sidecar: Any, service: NodeService
+) -> None:
+    master = start_master()
+    port = free_port()
+    text = sidecar_yaml(service, master.url, port, extra="  drain_grace: 60s\n")
+    sidecar = start_sidecar(text, port)
+    wait_until(lambda: record(master), message="registered")
+    sidecar.signal(signal.SIGTERM)
+    wait_until(lambda: (r := record(master)) and r["status"] == "draining", message="draining")
+    started = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+    assert time.monotonic() - started < 2.5
+    assert record(master) is None
 
 
 def test_sidecar_surface(start_master: Any, start_sidecar: Any, service: NodeService) -> None:
