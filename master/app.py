@@ -123,6 +123,7 @@ def build_app(
     catalog_apis.add_routes(app)
     dashboard.add_routes(app)
     spec.add_routes(app)
+    consul.add_fallbacks(app)  # last: after every route it might otherwise hide
     return app
 
 

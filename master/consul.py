@@ -59,14 +59,15 @@ METRICS_PORT_META: Final = "metrics_port"
 _NOT_IN_LABEL_RE: Final = re.compile(r"[^a-zA-Z0-9_]")
 # Consul's routes that a read-only catalog does not serve, whatever the method.
 NOT_SERVED: Final = (
+    "/v1/catalog/{tail:.*}",  # nodes, datacenters...: all but what is served
+    "/v1/health/{tail:.*}",  # state, checks, node
+    "/v1/status/{tail:.*}",  # peers
     "/v1/agent/{tail:.*}",
     "/v1/kv/{tail:.*}",
     "/v1/session/{tail:.*}",
     "/v1/acl/{tail:.*}",
     "/v1/event/{tail:.*}",
     "/v1/txn",
-    "/v1/catalog/register",
-    "/v1/catalog/deregister",
     "/v1/coordinate/{tail:.*}",
     "/v1/connect/{tail:.*}",
     "/v1/config/{tail:.*}",
@@ -74,9 +75,6 @@ NOT_SERVED: Final = (
     "/v1/query/{tail:.*}",
     "/v1/snapshot",
 )
-SERVED_BY_GET: Final = frozenset({"/v1/agent/self"})  # served paths NOT_SERVED also matches
-
-
 class NotSupported(ApiError):
     status = 501
     code = "not_supported"
@@ -282,8 +280,11 @@ async def status_leader(request: web.Request) -> web.Response:
 
 
 async def not_supported(request: web.Request) -> web.Response:
-    if request.path in SERVED_BY_GET:  # served, but not by this method: 405, as elsewhere
-        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    for resource in request.app.router.resources():  # a served path, another method: 405
+        if all(route.handler is not not_supported for route in resource):
+            _, allowed = await resource.resolve(request)
+            if allowed:
+                raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise NotSupported(
         f"read-only catalog: not supported: {request.method} {request.path} (this is a "
         "PicoAPI master: it serves the catalog and health views, not agent writes, KV, "
@@ -336,5 +337,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/agent/self", agent_self)
     app.router.add_get("/v1/status/leader", status_leader)
     app.router.add_get("/v1/prometheus/targets", prometheus_targets)
-    for path in NOT_SERVED:  # after the served ones: they are matched first
+
+
+def add_fallbacks(app: web.Application) -> None:
+    """The Consul routes not served, each a clear 501; added after every served route
+    (here and in other modules: /v1/catalog/apis), which are matched first."""
+    for path in NOT_SERVED:
         app.router.add_route("*", path, not_supported)

@@ -503,6 +503,13 @@ def test_py_consul_raises_read_only_for_writes_kv_and_sessions(
         lambda: client.kv.put("config/web", "x"),
         lambda: client.session.create(),
         lambda: client.catalog.register("node-1", "10.0.0.1"),
+        # Reads the view does not serve: an error too, not py-consul's "Missing index
+        # header" for a bare 404 or a quiet None.
+        lambda: client.catalog.nodes(),
+        lambda: client.catalog.datacenters(),
+        lambda: client.health.state("any"),
+        lambda: client.health.checks("web"),
+        lambda: client.status.peers(),
     ]
     for call in calls:
         with pytest.raises(consul.ConsulException) as raised:
