@@ -345,9 +345,11 @@ async def test_lists_services_and_follows_changes_without_reload(
 async def test_the_server_paints_first_and_the_script_renders_the_same(
     master: str, target: Target, browser: Browser
 ) -> None:
-    await register(master, "billing-1", "billing", ["payments", "prod"], target("busy"))
-    await register(master, "search-1", "search", ["prod", "search"], REFUSED)
-    await register(master, "web-1", "web", ["web"], target("ok"), openapi=OLD_ITEMS)
+    # Checked once, soon after registering, then not for an hour: both renderings see the
+    # same check results.
+    await register(master, "billing-1", "billing", ["payments", "prod"], target("busy"), "1h")
+    await register(master, "search-1", "search", ["prod", "search"], REFUSED, "1h")
+    await register(master, "web-1", "web", ["web"], target("ok"), "1h", openapi=OLD_ITEMS)
     for ident, status in (("billing-1", "warning"), ("search-1", "critical"), ("web-1", "passing")):
         await settled(master, ident, status)
 
