@@ -75,6 +75,8 @@ NOT_SERVED: Final = (
     "/v1/query/{tail:.*}",
     "/v1/snapshot",
 )
+
+
 class NotSupported(ApiError):
     status = 501
     code = "not_supported"

@@ -116,6 +116,9 @@ MODEL_SCHEMAS["Record"]["properties"]["openapi"] = {
 }
 ID_SCHEMA: Final = MODEL_SCHEMAS["Registration"]["properties"]["id"]
 
+# No control characters (the master also refuses invisible and direction-changing ones).
+PRINTABLE: Final = "^[^\\u0000-\\u001f\\u007f]+$"
+
 SCHEMAS: Final[dict[str, Any]] = {
     **MODEL_SCHEMAS,
     "TagCounts": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -124,32 +127,48 @@ SCHEMAS: Final[dict[str, Any]] = {
         "required": ["history"],
         "properties": {"history": {"type": "array", "items": _ref("Transition")}},
     },
-    "OpenAPIDocument": {"type": "object", "description": "a service's OpenAPI document"},
+    "OpenAPIDocument": {
+        "type": "object",
+        "description": "a service's OpenAPI document (OpenAPI 3 or Swagger 2)",
+        "anyOf": [{"required": ["openapi"]}, {"required": ["swagger"]}],
+    },
     "PicoapiRegistration": _object(
         ["name", "host", "port"],
         name={
             "type": "string",
+            "minLength": 1,
             "maxLength": META_VALUE_MAX,
-            "description": "any text; the service's name and id are its slug",
+            "pattern": PRINTABLE,
+            "description": "any printable text; the service's name and id are its slug",
         },
         tags={
             "type": ["array", "null"],
             "items": {"type": "string"},
             "description": "empty strings are dropped",
         },
-        host={"type": "string"},
-        port={"type": ["integer", "string"], "description": "a string of digits also"},
+        host={"type": "string", "minLength": 1, "pattern": PRINTABLE},
+        port={
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "pattern": "^[0-9]{1,5}$", "description": "1..65535"},
+            ]
+        },
         metadata={
             "type": ["object", "null"],
+            "propertyNames": {"minLength": 1, "pattern": PRINTABLE},
             "description": "non-string values are stored as their JSON text",
         },
         healthcheck={
             "oneOf": [
                 _object(
                     ["url"],
-                    url={"type": "string", "format": "uri"},
+                    url={"type": "string", "format": "uri", "pattern": "^https?://"},
                     interval={
-                        "type": ["number", "string", "null"],
+                        "oneOf": [
+                            {"type": "number", "minimum": 1, "maximum": 3600},
+                            {"type": "string", "description": "seconds (1..3600), or 10s"},
+                            {"type": "null"},
+                        ],
                         "default": 30,
                         "description": "seconds",
                     },
