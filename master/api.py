@@ -55,6 +55,7 @@ BODY_TIMEOUTS: Final = 3  # a body may take this many read timeouts (30 s: 8 MiB
 WAIT_DEFAULT: Final = 300.0
 WAIT_MAX: Final = 300.0
 INDEX_HEADER: Final = "X-Picoapi-Index"
+YIELD_AFTER_BYTES: Final = 64 << 10  # a ?openapi=true listing yields after a document this big
 STALE_HEADER: Final = "X-Picoapi-Stale"  # seconds the store has been out of reach
 JSON: Final = "application/json"
 
@@ -364,8 +365,14 @@ async def _stream_with_documents(request: web.Request, records: list[Any]) -> we
     for record in records:
         if registry.get(record.id) is None:
             continue  # removed while we wrote: its bytes may be gone
-        await response.write(separator + registry.with_document(record))
+        head, document, tail = registry.with_document(record)
+        await response.write(separator + head)
+        await response.write(document)
+        await response.write(tail)
         separator = b","
+        if len(document) > YIELD_AFTER_BYTES:
+            # A write returns without yielding while the client keeps up: let others in.
+            await asyncio.sleep(0)
     await response.write(b"]}")
     await response.write_eof()
     return response

@@ -303,11 +303,13 @@ class Registry:
     def document(self, sha256: str | None) -> Document | None:
         return self._documents.get(sha256) if sha256 is not None else None
 
-    def with_document(self, record: Record) -> bytes:
-        """The record's JSON with `"openapi": document` (or null) added."""
+    def with_document(self, record: Record) -> tuple[bytes, bytes, bytes]:
+        """The record's JSON with `"openapi": document` (or null) added, in three pieces
+        to write one after the other: a document of megabytes is sent as it is held, not
+        copied into a new string (each copy of 7 MiB cost the loop milliseconds)."""
         document = self.document(record.openapi_sha256)
-        body = self._body(record.id)
-        return body[:-1] + b',"openapi":' + (document.body if document else b"null") + b"}"
+        head = self._body(record.id)[:-1] + b',"openapi":'
+        return head, document.body if document else b"null", b"}"
 
     def status_counts(self) -> dict[Status, int]:
         return {status: len(ids) for status, ids in self._by_status.items()}

@@ -97,7 +97,7 @@ async def test_a_document_is_kept_once_and_dropped_with_its_last_user(registry: 
     assert shared.sha256 not in (await registry._store.open()).documents
     record = registry.get("web-4")
     assert record is not None
-    assert json.loads(registry.with_document(record))["openapi"]["info"]["version"] == "2"
+    assert json.loads(b"".join(registry.with_document(record)))["openapi"]["info"]["version"] == "2"
 
 
 async def test_a_new_check_url_resets_the_status_a_result_for_the_old_one_is_dropped(

@@ -414,7 +414,7 @@ async def test_version_1_file_is_upgraded_with_its_documents_moved(tmp_path: Pat
     assert len(stored) == 1  # two records, one document
     for record in registry.records():
         assert record.openapi_sha256 == stored[0][0]
-        assert json.loads(registry.with_document(record))["openapi"] == document
+        assert json.loads(b"".join(registry.with_document(record)))["openapi"] == document
     await store.close()
     assert execute(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
