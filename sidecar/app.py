@@ -3,8 +3,9 @@
 Start: the listening socket (its port names this sidecar as the holder of the id), the
 HTTP session, the server, the sync loop (it registers), the file watcher. Stop,
 on SIGTERM or SIGINT, or when a part fails: stop watching, stop the loop, deregister (at
-most 3 s; after `sidecar.drain_grace` of reporting `draining`, if one is set), stop
-serving (and any check still running), close the session; under 5 s in all plus the
+most 3 s; after `sidecar.drain_grace` of reporting `draining`, if one is set), stop the
+discovery cache (its waiting clients answered, its watchers stopped), stop serving (and
+any check still running), close the session; under 5 s in all plus the
 grace, then exit 0 (1 if a part failed). Each stop is pushed on an exit stack as its part
 starts, so whatever has started is stopped, in order, also when starting or running
 fails. A second signal shortens every wait still to come (the DELETE gets at most 1 s
@@ -52,6 +53,7 @@ EXIT_FAILED: Final = 1
 WATCH_STOP: Final = (0.25, 0.1)
 LOOP_STOP: Final = (0.5, 0.1)  # cancels a PUT in flight: nothing re-registers after this
 DEREGISTER: Final = (3.0, 1.0)
+DISCOVERY_STOP: Final = (0.2, 0.1)  # answers its waiting clients, stops its watchers
 SERVE_STOP: Final = (0.6, 0.1)
 SERVE_SHUTDOWN_TIMEOUT: Final = 0.4  # for a /health in flight, within SERVE_STOP
 CHECKS_STOP: Final = (0.15, 0.1)  # a check still running once nothing serves /health
@@ -135,6 +137,8 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
         await runner.cleanup()
 
     owner.on_stop("stop_serving", stop_serving, SERVE_STOP)
+    # Before serving stops: its blocking queries answer at once, instead of holding it up.
+    owner.on_stop("stop_discovery", sidecar.discovery.close, DISCOVERY_STOP)
     await listener.start(sock)
 
     async def deregister() -> None:

@@ -97,6 +97,7 @@ _SIDECAR_KEYS: Final = (
     "deregister_on_exit",
     "token_file",
     "drain_grace",
+    "discovery_idle",
 )
 
 SCHEMA: Final = {
@@ -121,6 +122,16 @@ class DrainGrace(Duration):
 
     __slots__ = ()
     low, high, bounds = 0.0, 600.0, "0s..10m"
+
+
+class DiscoveryIdle(Duration):
+    """How long a discovery question nobody asks keeps its watcher and its cached answer."""
+
+    __slots__ = ()
+    low, high, bounds = INTERVAL_MIN, INTERVAL_MAX, "1s..1h"
+
+
+DEFAULT_DISCOVERY_IDLE: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +227,8 @@ class SidecarSettings:
     token_file: str | None = None
     # On SIGTERM or POST /drain: report `draining` this long, then deregister (0: at once).
     drain_grace: float = 0.0
+    # A discovery question unasked this long has its watcher stopped and its answer dropped.
+    discovery_idle: float = DEFAULT_DISCOVERY_IDLE
 
     @property
     def listen(self) -> str:
@@ -643,6 +656,7 @@ class _Reader:
         on_exit = doc.check("sidecar.deregister_on_exit", check_bool)
         token_file = doc.check("sidecar.token_file", check_text, PATH_MAX)
         drain_grace = doc.check("sidecar.drain_grace", DrainGrace.parse)
+        discovery_idle = doc.check("sidecar.discovery_idle", DiscoveryIdle.parse)
         if token_file is not None:
             # Read now so a problem is reported at its line; the server re-reads it as it
             # changes (rotation), keeping the last good tokens.
@@ -660,6 +674,7 @@ class _Reader:
             deregister_on_exit=True if on_exit is None else on_exit,
             token_file=token_file,
             drain_grace=float(drain_grace or 0.0),
+            discovery_idle=float(discovery_idle or DEFAULT_DISCOVERY_IDLE),
         )
 
 

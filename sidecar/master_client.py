@@ -133,7 +133,7 @@ class MasterClient:
             except TimeoutError:
                 reasons.append(f"{base}: {self._timeout_text}")
             except (aiohttp.ClientError, OSError) as exc:
-                reasons.append(f"{base}: {_describe(exc)}")
+                reasons.append(f"{base}: {describe_failure(exc)}")
         if conflict is not None:  # a master's answer about the id outweighs one that is away
             raise IdConflict(reasons, *conflict)
         raise MasterError(reasons)
@@ -153,7 +153,7 @@ def _error_text(error: ErrorDetail | None, answer: bytes) -> str:
     return f"{error.message} ({error.field})" if error.field else error.message
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """Why no answer came; a TLS failure in OpenSSL's words, without its error codes."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert_error = exc.certificate_error

@@ -1,11 +1,15 @@
-"""The sidecar's own HTTP surface: /health, /openapi.json, /status, /metrics, /drain.
+"""The sidecar's own HTTP surface: /health, /openapi.json, /status, /metrics, /drain, and
+the master's read questions, answered from the discovery cache (sidecar.discovery).
 
-Reads are open. A route that changes state (any method but GET and HEAD: POST /drain) is
-guarded: with `sidecar.token_file`, every caller needs one of its tokens as a bearer token,
-loopback callers too (a token means "only with the token": every container of a pod and
-every local user or process shares loopback, and the service beside the sidecar may be
-talked into requesting a loopback URL); without one, only loopback callers may. Every error
-answer is `{"error": {"code", "message"}}`, rendered by one middleware.
+Reads are open; but a sidecar that reads the master with a token (`master.token`) answers
+discovery questions from loopback callers only: it lends its credentials to the service
+beside it, not to whoever reaches its port. A route that changes state (any method but GET
+and HEAD: POST /drain) is guarded: with `sidecar.token_file`, every caller needs one of
+its tokens as a bearer token, loopback callers too (a token means "only with the token":
+every container of a pod and every local user or process shares loopback, and the service
+beside the sidecar may be talked into requesting a loopback URL); without one, only
+loopback callers may. Every error answer is `{"error": {"code", "message"}}`, rendered by
+one middleware.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -27,6 +31,7 @@ from master.shared.serving import request_done
 from master.shared.tokens import TokenFile, TokenFileError
 from sidecar.checks import SharedCheck
 from sidecar.config import Config, registration_json
+from sidecar.discovery import ROUTES, Discovery, DiscoveryError
 from sidecar.sync import SyncLoop, SyncMetrics, SyncState
 from sidecar.watch import ConfigWatcher
 
@@ -96,6 +101,58 @@ class _SyncFigures(Collector):
                 "When a master last accepted the registration (Unix time).",
                 value=state.last_sync_at,
             )
+
+
+class _DiscoveryFigures(Collector):
+    """The discovery cache's figures and counts, read at scrape time."""
+
+    def __init__(self, discovery: Discovery) -> None:
+        self._discovery = discovery
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        discovery = self._discovery
+        prefix = "picoapi_sidecar_discovery_"
+        yield GaugeMetricFamily(
+            prefix + "questions", "Questions cached and watched.", value=discovery.questions
+        )
+        yield GaugeMetricFamily(
+            prefix + "cached_bytes", "Bytes of cached answers.", value=discovery.cached_bytes
+        )
+        yield GaugeMetricFamily(
+            prefix + "waiting",
+            "Discovery requests held now (blocking queries, first fetches, pass-throughs).",
+            value=discovery.waiting,
+        )
+        answers = CounterMetricFamily(
+            prefix + "answers",
+            "Discovery answers, by how: hit (cache), miss (fetched), pass (not cached), "
+            "unavailable, busy.",
+            labels=["how"],
+        )
+        for how, count in self._discovery.answers.items():
+            answers.add_metric([how], count)
+        yield answers
+        dropped = CounterMetricFamily(
+            prefix + "questions_dropped", "Questions no longer watched, by why.", labels=["reason"]
+        )
+        for reason, count in self._discovery.dropped.items():
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily(
+            prefix + "questions_started",
+            "Questions that got a watcher.",
+            value=self._discovery.started,
+        )
+        yield CounterMetricFamily(
+            prefix + "master_queries",
+            "Queries the watchers sent to the master.",
+            value=self._discovery.master_queries,
+        )
+        yield CounterMetricFamily(
+            prefix + "master_failures",
+            "Watcher queries no master answered.",
+            value=self._discovery.master_failures,
+        )
 
 
 class Guard:
@@ -191,6 +248,7 @@ class Sidecar:
         watcher: ConfigWatcher,
         metrics: SidecarMetrics,
         guard: Guard | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
         self.config_path = config_path
         self.sync = sync
@@ -198,7 +256,12 @@ class Sidecar:
         self.watcher = watcher
         self.metrics = metrics
         self.guard = guard or Guard(sync.desired.config.sidecar.token_file)
+        desired = sync.desired
+        self.discovery = discovery or Discovery(
+            lambda: desired.config.master, lambda: desired.config.sidecar.discovery_idle
+        )
         metrics.registry.register(_SyncFigures(sync.state))
+        metrics.registry.register(_DiscoveryFigures(self.discovery))
         self.started_at = time.time()
         self.master_checks = MasterChecks(self.started_at)
 
@@ -214,9 +277,14 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(text=dumps_compact(body), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, code: str | None = None) -> web.Response:
+def _error(
+    status: int, message: str, code: str | None = None, field: str | None = None
+) -> web.Response:
     code = code or _ERROR_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
-    return _json({"error": {"code": code, "message": message}}, status)
+    error = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return _json({"error": error}, status)
 
 
 @web.middleware
@@ -229,6 +297,11 @@ async def guard_and_render(request: web.Request, handler: Any) -> web.StreamResp
                 return refusal
         answer: web.StreamResponse = await handler(request)
         return answer
+    except DiscoveryError as exc:
+        refused = _error(exc.status, exc.message, exc.code, exc.field)
+        if exc.retry_after is not None:
+            refused.headers["Retry-After"] = exc.retry_after
+        return refused
     except web.HTTPException as exc:
         return _render(request, exc)
     except Exception:
@@ -329,6 +402,7 @@ async def status(request: web.Request) -> web.Response:
                 "checking_since": _time(checking_since),
                 "last_check_at": _time(checks.last_at),
             },
+            "discovery": sidecar.discovery.figures(),
             "conflict": None
             if conflict is None
             else {
@@ -362,6 +436,19 @@ async def drain(request: web.Request) -> web.Response:
     )
 
 
+async def discover(request: web.Request) -> web.StreamResponse:
+    """A read question of the master's, answered from the discovery cache."""
+    sidecar = request.app[SIDECAR]
+    if sidecar.config.master.token and not _is_loopback(request.remote):
+        raise DiscoveryError(
+            403,
+            "forbidden",
+            "this sidecar reads the master with its master.token: it answers discovery "
+            "questions from loopback callers only (the service beside it)",
+        )
+    return await sidecar.discovery.answer(request)
+
+
 def build_server(sidecar: Sidecar) -> web.Application:
     # A body is never needed: /drain takes none, so a large one is refused at once.
     app = web.Application(middlewares=[guard_and_render], client_max_size=64 * 1024)
@@ -371,4 +458,6 @@ def build_server(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/drain", drain)
+    for path in ROUTES:
+        app.router.add_get(path, discover)
     return app
