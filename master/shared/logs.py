@@ -88,6 +88,28 @@ class _Timestamp:
         return event
 
 
+class LineLogger:
+    """structlog's logger for rendered JSON lines: each goes to the batched writer as it is
+    (structlog's BytesLogger adds a second newline and flushes after every line, which
+    would undo the batching)."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: BatchedWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: bytes) -> None:
+        self._writer.write(message)
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+
+
+def _line_loggers(writer: BatchedWriter) -> Any:
+    """structlog's logger factory: one shared writer, whatever name a logger is got by."""
+    logger = LineLogger(writer)
+    return lambda *args: logger
+
+
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -116,7 +138,7 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
         structlog.configure(
             processors=[*shared, _json_line],
             wrapper_class=structlog.make_filtering_bound_logger(level),
-            logger_factory=structlog.BytesLoggerFactory(file=BatchedWriter(sys.stderr)),  # type: ignore[arg-type]
+            logger_factory=_line_loggers(BatchedWriter(sys.stderr)),
             cache_logger_on_first_use=True,
         )
     else:
