@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from master.config import parse_master_config
+from master.model import parse_duration
 from master.store.etcd import EtcdURL
 from tests.conftest import BIN, ROOT
 from tests.test_configs import POD_ENV, run_check, sidecar_check
@@ -262,7 +263,10 @@ def test_example_app_drains_before_it_stops_within_the_grace_period() -> None:
     assert "http://127.0.0.1:9501/drain" in words
     assert words[words.index("-X") + 1] == "POST"
     max_time = int(words[words.index("--max-time") + 1])
-    sleep = int(words[words.index("sleep") + 1])
+    sleep = int(words[words.index("sleep") + 1]) if "sleep" in words else 0
+    # curl waits for the whole drain: the grace of reporting `draining`, then the DELETE.
+    grace = parse_duration(example_sidecar_file()["sidecar"].get("drain_grace", "0s"))
+    assert max_time >= grace + SIDECAR_STOP_SECONDS
     # preStop, then the app's own stop, then the sidecar's deregistration on SIGTERM.
     app_stop = 10
     assert pod["terminationGracePeriodSeconds"] >= max_time + sleep + app_stop + (
