@@ -65,7 +65,10 @@ OWNERSHIP: Final = web.AppKey("ownership", Ownership)
 POLICY: Final = web.AppKey("policy", CheckPolicy)
 READ_TIMEOUT: Final = web.AppKey("read_timeout", float)
 EVICTION_GUARD: Final = web.AppKey("eviction_guard", EvictionGuard)
-SCOPE: Final = "picoapi.scope"  # the request's token scope, where a token was asked for
+# The request's token scope, where a token was asked for (a typed key from aiohttp 3.14).
+SCOPE: Final[Any] = (
+    web.RequestKey("picoapi.scope", Scope) if hasattr(web, "RequestKey") else "picoapi.scope"
+)
 METRICS: Final = web.AppKey("metrics", Metrics)
 AUTH: Final = web.AppKey("auth", Auth)
 
