@@ -291,7 +291,8 @@ def _error(
 async def guard_and_render(request: web.Request, handler: Any) -> web.StreamResponse:
     """Guard the routes that change state; render every error in the one JSON shape."""
     try:
-        if request.method not in READS and request.match_info.http_exception is None:
+        changes = request.method not in READS and request.match_info.http_exception is None
+        if changes and request.match_info.handler is not not_served:  # a 501 changes nothing
             refusal = request.app[SIDECAR].guard.refusal(request)
             if refusal is not None:
                 return refusal
@@ -449,6 +450,23 @@ async def discover(request: web.Request) -> web.StreamResponse:
     return await sidecar.discovery.answer(request)
 
 
+async def not_served(request: web.Request) -> web.Response:
+    """Any other /v1 path: a clear 501, as the master answers Consul's routes it does not
+    serve (clients raise it as an error); a served path asked with another method: 405."""
+    for resource in request.app.router.resources():
+        if all(route.handler is not not_served for route in resource):
+            _, allowed = await resource.resolve(request)
+            if allowed:
+                raise web.HTTPMethodNotAllowed(request.method, allowed)
+    return _error(
+        501,
+        f"read-only catalog: not supported: {request.method} {request.path} (this is a "
+        "PicoAPI sidecar: it answers /v1/services, the Consul catalog and health views and "
+        "the Prometheus targets, from the master; ask the master for the rest)",
+        "not_supported",
+    )
+
+
 def build_server(sidecar: Sidecar) -> web.Application:
     # A body is never needed: /drain takes none, so a large one is refused at once.
     app = web.Application(middlewares=[guard_and_render], client_max_size=64 * 1024)
@@ -460,4 +478,5 @@ def build_server(sidecar: Sidecar) -> web.Application:
     app.router.add_post("/drain", drain)
     for path in ROUTES:
         app.router.add_get(path, discover)
+    app.router.add_route("*", "/v1/{tail:.*}", not_served)  # after every served route
     return app

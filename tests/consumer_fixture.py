@@ -6,9 +6,11 @@
 
 `start_catalog(*master_args)` starts the master and answers a `Catalog`: the master, for
 writes, and `url`, the catalog the consumer reads. It is parametrized over the catalogs a
-consumer may read; only the master serves these routes yet. The sidecar joins when it
-serves them (issue 11, part 5): add "sidecar" to CATALOG_KINDS and start one in
-`start_catalog`, and every consumer test runs against it as well.
+consumer may read (CATALOG_KINDS): the master itself, and a sidecar of that master, which
+answers the same questions from its discovery cache. That sidecar registers, then drains
+(POST /drain: deregistered, and it stays so), so the catalog holds what the test put
+there and nothing of its own; it reads the master with the read token when the master
+has a --read-token-file (it lends it to its loopback callers).
 
 `start_sidecar(service, master_url, ...)` runs the real `picoapi-sidecar` beside a Node.js
 test service; `put_service` registers a record directly, as any client of the API may.
@@ -32,11 +34,17 @@ import pytest
 from tests.conftest import BIN, ROOT, Daemon, Master, http_request
 from tests.service_fixture import NodeService, unused_port
 
-# The catalogs a consumer reads. The sidecar joins when it serves these routes.
-CATALOG_KINDS: Final = ("master",)
+# The catalogs a consumer reads: the master, and a sidecar answering from its cache.
+CATALOG_KINDS: Final = ("master", "sidecar")
 # Where the consumers' own installs live (ignored by git): the picoapi venv.
 CACHE: Final = ROOT / ".cache"
 READ_TOKEN: Final = "reader-8d1f0c2e"
+
+
+class Sidecar(Daemon):
+    url: str
+    port: int
+    service_id: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Catalog:
     kind: str
     master: Master
     url: str
+    sidecar: Sidecar | None = None  # the one answering, for kind "sidecar"
 
     @property
     def host(self) -> str:
@@ -58,17 +67,51 @@ class Catalog:
 
 @pytest.fixture(params=CATALOG_KINDS)
 def start_catalog(
-    request: pytest.FixtureRequest, start_master: Callable[..., Master]
-) -> Callable[..., Catalog]:
+    request: pytest.FixtureRequest,
+    start_master: Callable[..., Master],
+    tmp_path: Path,
+) -> Iterator[Callable[..., Catalog]]:
     """Start the master with `master_args`; answer the catalog of this parameter."""
+    started: list[Sidecar] = []
 
     def start(*master_args: str) -> Catalog:
         master = start_master(*master_args, store="memory://")
         if request.param == "master":
             return Catalog("master", master, master.url)
+        if request.param == "sidecar":
+            token = READ_TOKEN if "--read-token-file" in master_args else None
+            sidecar = drained_sidecar(tmp_path, master.url, started, token)
+            return Catalog("sidecar", master, sidecar.url, sidecar)
         raise AssertionError(f"no catalog of kind {request.param!r}")
 
-    return start
+    yield start
+    for sidecar in started:
+        sidecar.stop()
+
+
+def drained_sidecar(
+    directory: Path, master_url: str, started: list[Sidecar], token: str | None = None
+) -> Sidecar:
+    """A real sidecar of `master_url`, registered and then drained: it serves discovery and
+    nothing of it is in the catalog. Its service is itself (a TCP check of its own port)."""
+    port = unused_port()
+    ident = f"catalog-sidecar-{port}"
+    path = directory / f"{ident}.yaml"
+    path.write_text(
+        sidecar_yaml(
+            name="catalog-sidecar",
+            ident=ident,
+            service_port=port,
+            check="  tcp: true\n",
+            master_url=master_url,
+            port=port,
+            master_token=token,
+        )
+    )
+    sidecar = run_sidecar(path, directory / f"{ident}.log", port, ident, started)
+    answer = http_request("POST", f"{sidecar.url}/drain", timeout=10)
+    assert answer.status == 200 and answer.json()["drained"] is True, answer
+    return sidecar
 
 
 def read_token_file(directory: Path) -> Path:
@@ -79,12 +122,6 @@ def read_token_file(directory: Path) -> Path:
 
 
 # --- the sidecar beside a Node.js service -----------------------------------------------
-
-
-class Sidecar(Daemon):
-    url: str
-    port: int
-    service_id: str
 
 
 @pytest.fixture
@@ -102,43 +139,89 @@ def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
         meta: dict[str, str] | None = None,
         check_path: str = "/healthz",
         port: int | None = None,
+        master_token: str | None = None,
+        discovery_idle: str | None = None,
     ) -> Sidecar:
         port = port or unused_port()
-        # JSON is YAML: every value is quoted as it must be, whatever it holds.
-        text = f"""\
-service:
-  name: {json.dumps(name)}
-  id: {json.dumps(ident)}
-  address: 127.0.0.1
-  port: {service.port}
-  tags: {json.dumps(list(tags))}
-  meta: {json.dumps(meta or {})}
-check:
-  http: {json.dumps(check_path)}
-  interval: 1s
-  timeout: 500ms
-  deregister_after: 0
-master:
-  url: {json.dumps(master_url)}
-sidecar:
-  listen: 127.0.0.1:{port}
-  advertise: 127.0.0.1:{port}
-  resync: 30s
-"""
         path = tmp_path / f"sidecar-{ident}.yaml"
-        path.write_text(text)
-        sidecar = Sidecar(
-            [str(BIN / "picoapi-sidecar"), "--log-format", "json", "run", str(path)],
-            tmp_path / f"sidecar-{ident}.log",
+        path.write_text(
+            sidecar_yaml(
+                name=name,
+                ident=ident,
+                service_port=service.port,
+                check=f"  http: {json.dumps(check_path)}\n",
+                master_url=master_url,
+                port=port,
+                tags=tags,
+                meta=meta,
+                master_token=master_token,
+                discovery_idle=discovery_idle,
+            )
         )
-        started.append(sidecar)
-        sidecar.url, sidecar.port, sidecar.service_id = f"http://127.0.0.1:{port}", port, ident
-        sidecar.wait_for_event("registered", service_id=ident)
+        sidecar = run_sidecar(path, tmp_path / f"sidecar-{ident}.log", port, ident, started)
         return sidecar
 
     yield start
     for sidecar in started:
         sidecar.stop()
+
+
+def sidecar_yaml(
+    *,
+    name: str,
+    ident: str,
+    service_port: int,
+    check: str,
+    master_url: str,
+    port: int,
+    tags: Sequence[str] = (),
+    meta: dict[str, str] | None = None,
+    master_token: str | None = None,
+    discovery_idle: str | None = None,
+) -> str:
+    """A service file; `check` is the lines of the probe under `check:`."""
+    # JSON is YAML: every value is quoted as it must be, whatever it holds.
+    token = f"  token: {json.dumps(master_token)}\n" if master_token else ""
+    idle = f"  discovery_idle: {discovery_idle}\n" if discovery_idle else ""
+    return f"""\
+service:
+  name: {json.dumps(name)}
+  id: {json.dumps(ident)}
+  address: 127.0.0.1
+  port: {service_port}
+  tags: {json.dumps(list(tags))}
+  meta: {json.dumps(meta or {})}
+check:
+{check}  interval: 1s
+  timeout: 500ms
+  deregister_after: 0
+master:
+  url: {json.dumps(master_url)}
+{token}sidecar:
+  listen: 127.0.0.1:{port}
+  advertise: 127.0.0.1:{port}
+  resync: 30s
+{idle}"""
+
+
+def run_sidecar(
+    path: Path, log_path: Path, port: int, ident: str, started: list[Sidecar] | None = None
+) -> Sidecar:
+    """`picoapi-sidecar run path`, once it has registered (added to `started` at once, so
+    the caller stops it even when it never registers)."""
+    sidecar = Sidecar(
+        [str(BIN / "picoapi-sidecar"), "--log-format", "json", "run", str(path)], log_path
+    )
+    if started is not None:
+        started.append(sidecar)
+    sidecar.url, sidecar.port, sidecar.service_id = f"http://127.0.0.1:{port}", port, ident
+    try:
+        sidecar.wait_for_event("registered", service_id=ident)
+    except BaseException:
+        if started is None:
+            sidecar.stop()
+        raise
+    return sidecar
 
 
 # --- records on the master ------------------------------------------------------------

@@ -222,7 +222,9 @@ def test_a_stopped_replica_is_removed_after_the_configured_time(
         if e.get("event") == "service_reaped" and e.get("service_id") == stopped.ident
     ]
     waited = at(reaped["timestamp"]) - critical_at
-    assert 2.0 <= waited <= 2.0 + 1.0 + 2.0, waited  # not before its time, nor long after
+    # Not before its time, nor long after. The reaper counts on the monotonic clock and
+    # the record's time is read from the wall clock a moment later: 10 ms between them.
+    assert 2.0 - 0.01 <= waited <= 2.0 + 1.0 + 2.0, waited
     assert {i: r["status"] for i, r in records(master).items()} == {kept.ident: "passing"}
     assert master.request("GET", "/services/status").json() == [
         {"name": TITLE, "status": "healthy"}

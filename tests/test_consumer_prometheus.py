@@ -344,6 +344,26 @@ def test_a_read_token_works_as_a_bearer_credentials_file(
         port=port,
     )
     wait_for_status(catalog.master, {"node-metrics-1": "passing"})
+    if catalog.kind == "sidecar":
+        # A sidecar reads with its own master.token, lent to its loopback callers: every
+        # job finds the target, whatever credentials it sends (none are passed on).
+        assert http_request("GET", f"{catalog.url}/v1/prometheus/targets").status == 200
+        prometheus = start_prometheus(
+            [
+                http_sd_job("with-token", catalog, credentials_file=credentials),
+                http_sd_job("no-token", catalog),
+                http_sd_job("wrong-token", catalog, credentials_file=wrong),
+            ]
+        )
+        jobs = ("with-token", "no-token", "wrong-token")
+        wait_until(
+            lambda: all(prometheus.active_ids(job) == {"node-metrics-1"} for job in jobs),
+            timeout=SEEN_TIMEOUT,
+            interval=0.25,
+            message="the target found by every job through the sidecar",
+        )
+        assert prometheus.metric("prometheus_sd_http_failures_total") == 0
+        return
     # The targets are read-guarded: without a token they are refused.
     assert http_request("GET", f"{catalog.url}/v1/prometheus/targets").status == 401
     prometheus = start_prometheus(
