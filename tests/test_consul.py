@@ -305,6 +305,24 @@ async def test_prometheus_targets_are_http_sd_target_groups(
         assert all(isinstance(value, str) for value in group["labels"].values())
 
 
+async def test_prometheus_targets_scrape_https_services_where_their_meta_says(
+    master: TestClient[Any, Any],
+) -> None:
+    await register(
+        master,
+        "api-1",
+        "api",
+        scheme="https",
+        meta={"metrics_port": "9102", "metrics_path": "/internal/metrics"},
+    )
+    [group], _ = await get(master, "/v1/prometheus/targets")
+    assert group["targets"] == ["10.0.0.5:9102"]  # the metrics port, not the service's
+    labels = group["labels"]
+    assert labels["__scheme__"] == "https"
+    assert labels["__metrics_path__"] == "/internal/metrics"
+    assert labels["__meta_picoapi_port"] == "8080"  # the service's own port stays a label
+
+
 async def test_prometheus_targets_filter_by_tag_name_and_status(
     master: TestClient[Any, Any],
 ) -> None:
