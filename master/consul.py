@@ -41,6 +41,7 @@ from master.consul_filter import (
 )
 from master.errors import ApiError, BadRequest
 from master.model import Record, Status, format_duration
+from master.shared.serving import refuse_other_methods
 
 DATACENTER: Final = "dc1"
 # Consul starts a new check critical; our "unknown" (not checked yet) means the same.
@@ -282,11 +283,7 @@ async def status_leader(request: web.Request) -> web.Response:
 
 
 async def not_supported(request: web.Request) -> web.Response:
-    for resource in request.app.router.resources():  # a served path, another method: 405
-        if all(route.handler is not not_supported for route in resource):
-            _, allowed = await resource.resolve(request)
-            if allowed:
-                raise web.HTTPMethodNotAllowed(request.method, allowed)
+    await refuse_other_methods(request, not_supported)
     raise NotSupported(
         f"read-only catalog: not supported: {request.method} {request.path} (this is a "
         "PicoAPI master: it serves the catalog and health views, not agent writes, KV, "

@@ -27,7 +27,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from master.model import Status, dumps_compact, format_time, to_builtins
-from master.shared.serving import request_done
+from master.shared.serving import refuse_other_methods, request_done
 from master.shared.tokens import TokenFile, TokenFileError
 from sidecar.checks import SharedCheck
 from sidecar.config import Config, registration_json
@@ -453,11 +453,7 @@ async def discover(request: web.Request) -> web.StreamResponse:
 async def not_served(request: web.Request) -> web.Response:
     """Any other /v1 path: a clear 501, as the master answers Consul's routes it does not
     serve (clients raise it as an error); a served path asked with another method: 405."""
-    for resource in request.app.router.resources():
-        if all(route.handler is not not_served for route in resource):
-            _, allowed = await resource.resolve(request)
-            if allowed:
-                raise web.HTTPMethodNotAllowed(request.method, allowed)
+    await refuse_other_methods(request, not_served)
     return _error(
         501,
         f"read-only catalog: not supported: {request.method} {request.path} (this is a "

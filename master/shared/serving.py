@@ -230,6 +230,16 @@ class Listener:
             self._server = None
 
 
+async def refuse_other_methods(request: web.Request, fallback: Any) -> None:
+    """For a catch-all route (`fallback` is its handler): a path served by another route,
+    asked with a method that route does not take, is 405 with its Allow, not the catch-all."""
+    for resource_ in request.app.router.resources():
+        if all(route.handler is not fallback for route in resource_):
+            _, allowed = await resource_.resolve(request)
+            if allowed:
+                raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+
 def request_done(request: web.Request) -> None:
     """Tell the connection its request is answered (see GuardedHandler)."""
     protocol = request.protocol
