@@ -270,8 +270,9 @@ OPTIONS: Final = (
     Option(
         "eviction_share",
         "SHARE",
-        "the mass-eviction guard: of one service name's instances, at most this share "
-        "(at least one) is removed for deregister_after in any minute; the rest wait "
+        "the mass-eviction guard: of one service name's instances this master checks, at "
+        "most this share (at least one) is removed for deregister_after in any minute; the "
+        "rest wait "
         f"(default {DEFAULT_SHARE}; 1 = no guard)",
         _check_eviction_share,
     ),

@@ -9,8 +9,10 @@ low, a held instance is let go after `hold_max`: the guard delays an eviction, i
 cancels one. The holds are counted (a metric), logged when they begin and end, and shown
 on /healthz as an alert.
 
-The count is this master's: with several masters on etcd, each owns a share of the checks
-and guards the reaps it makes.
+`instances` is what this master checks of the name: with several masters on etcd each
+checks a share, and allowing the share of its own keeps the masters together within the
+share of the name (but for the one each may always reap), with no count passed between
+them.
 """
 
 from __future__ import annotations

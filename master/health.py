@@ -121,6 +121,7 @@ class _Entry(StatusTracker):
     and is dropped."""
 
     spec: CheckSpec
+    name: str  # the service's name: what the eviction guard counts by
     refused: str | None = None  # why the check policy refuses its url (a literal address)
     generation: int = 0
     task: asyncio.Task[None] | None = None
@@ -158,6 +159,9 @@ class HealthScheduler:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._entries: dict[str, _Entry] = {}
+        # How many of each name's instances this master checks: the eviction guard's
+        # "instances" (with several masters, each guards the share it checks).
+        self._checked: dict[str, int] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._generation = 0
         self._loop_task: asyncio.Task[None] | None = None
@@ -192,6 +196,7 @@ class HealthScheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._entries.clear()
+        self._checked.clear()
         self._heap.clear()
         if self._session is not None:
             await self._session.close()
@@ -212,7 +217,7 @@ class HealthScheduler:
             return  # stopped: the registry has no way to remove a listener
         if new is None:
             if old is not None:
-                self._entries.pop(old.id, None)
+                self._unschedule(old.id)
                 self.guard.forget(old.id)
             return
         self._schedule(new, soon=True)
@@ -230,7 +235,7 @@ class HealthScheduler:
             if mine and record.id not in self._entries:
                 self._schedule(record, soon=False)
                 taken += 1
-            elif not mine and self._entries.pop(record.id, None) is not None:
+            elif not mine and self._unschedule(record.id):
                 dropped += 1
         if taken or dropped:
             log.info("checks_rebalanced", taken=taken, dropped=dropped, checking=len(self._entries))
@@ -243,14 +248,20 @@ class HealthScheduler:
         spec = new.check
         entry = self._entries.get(service_id)
         if spec is None or not self._ownership.owns(service_id):
-            self._entries.pop(service_id, None)
+            self._unschedule(service_id)
             return
+        if entry is not None and entry.name != new.name:  # renamed: counted by its new name
+            self._count(entry.name, -1)
+            self._count(new.name, 1)
+            entry.name = new.name
         if entry is not None and entry.spec == spec:
             return  # only its status or registration moved: the schedule stands
         now = asyncio.get_running_loop().time()
         if entry is None or entry.spec.url != spec.url:
             # New, or a new url: the registry reset its status, so the thresholds restart.
+            self._unschedule(service_id)
             entry = self._entries[service_id] = _Entry(
+                name=new.name,
                 failures_before_critical=spec.failures_before_critical,
                 successes_before_passing=spec.successes_before_passing,
                 status=new.status,
@@ -258,6 +269,7 @@ class HealthScheduler:
                 spec=spec,
                 refused=self._policy.url_refusal(spec.url),
             )
+            self._count(new.name, 1)
             spread = min(FIRST_CHECK_WITHIN, spec.interval) if soon else spec.interval
         else:
             entry.spec = spec
@@ -270,6 +282,21 @@ class HealthScheduler:
         heapq.heappush(self._heap, (due, entry.generation, service_id))
         if self._waker is not None and due < self._wake_at:
             _resolve(self._waker)
+
+    def _unschedule(self, service_id: str) -> bool:
+        """Take a service off the schedule; True if it was on it."""
+        entry = self._entries.pop(service_id, None)
+        if entry is None:
+            return False
+        self._count(entry.name, -1)
+        return True
+
+    def _count(self, name: str, change: int) -> None:
+        left = self._checked.get(name, 0) + change
+        if left > 0:
+            self._checked[name] = left
+        else:
+            self._checked.pop(name, None)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -356,7 +383,7 @@ class HealthScheduler:
                 and deregister_after > 0
                 and entry.critical_for(now) >= deregister_after
                 and self.guard.allow(
-                    service_id, record.name, self._registry.instances(record.name), now
+                    service_id, record.name, self._checked.get(record.name, 0), now
                 )
             ):
                 await self._registry.delete(service_id, event="service_reaped")

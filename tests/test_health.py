@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from master.eviction import EvictionGuard
 from master.health import HealthScheduler, StatusTracker, next_due, probe_http
 from master.metrics import Metrics
 from master.model import OUTPUT_MAX, CheckSpec, Record, Registration, Status
@@ -343,6 +344,43 @@ async def test_critical_service_is_reaped_after_deregister_after(
     reaped = [e for e in logs if e["event"] == "service_reaped"]
     assert [e["service_id"] for e in reaped] == ["doomed"]
     assert target.hits["/down"] == 2  # critical on the first check, reaped on the second
+
+
+class Share:
+    """A master's share of the checks, as the cluster's membership gives it: these ids."""
+
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = ids
+
+    def owns(self, service_id: str) -> bool:
+        return service_id in self.ids
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        return None
+
+
+async def test_a_master_checking_part_of_a_name_reaps_its_share_of_what_it_checks(
+    target: Target, registry: Registry
+) -> None:
+    # Eight instances of one name, all down; this master checks four (three masters on
+    # etcd split them). Its guard allows half of the four, not half of the eight: the
+    # masters together then reap at most the share of the name, whoever checks what.
+    spec = msgspec.structs.replace(every_second(target.url("/down")), deregister_after=0.3)
+    ids = [f"svc-{i}" for i in range(8)]
+    for service_id in ids:
+        await register(registry, service_id, spec)
+    guard = EvictionGuard(share=0.5, hold_max=3600)
+    health = HealthScheduler(registry, Metrics(), ownership=Share(set(ids[:4])), guard=guard)
+    await health.start()
+    try:
+        await wait_until(lambda: guard.holding() == {"svc": 2}, timeout=6.0)
+        await asyncio.sleep(1.5)  # a round more: still held, nothing more reaped
+        assert guard.holding() == {"svc": 2}
+    finally:
+        await health.stop()
+    left = [service_id for service_id in ids if registry.get(service_id) is not None]
+    assert len([i for i in left if i in ids[:4]]) == 2  # two of its four reaped, two held
+    assert ids[4:] == [i for i in left if i not in ids[:4]]  # the others' are not its own
 
 
 async def test_changed_check_url_is_rescheduled_and_old_results_dropped(
