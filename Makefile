@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo cluster-demo bench bench-quick clean soak
+.PHONY: test system-deps lint demo cluster-demo bench bench-quick clean soak
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# What the tests need from the system (node, chromium, etcd, prometheus, podman, ...):
+# installed with apt-get when run as root on Debian, else named (those tests then skip).
+system-deps:
+	bash tests/system-deps.sh
+
+test: system-deps lint
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
