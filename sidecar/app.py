@@ -142,8 +142,10 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     await listener.start(sock)
 
     async def deregister() -> None:
+        # Also after a /drain that no master answered (then `drained` is set, but the
+        # service is still registered): the drain asked is still owed.
         current = desired.config
-        if current.sidecar.deregister_on_exit and not sync.state.drained:
+        if not sync.left and (current.sidecar.deregister_on_exit or sync.state.drained):
             await sync.drain()  # with a grace: `draining` first, then the DELETE
 
     def deregister_bounds() -> tuple[float, float]:

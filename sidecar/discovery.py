@@ -442,9 +442,23 @@ class Discovery:
                             response.headers[name] = upstream.headers[name]
                     response.headers[CACHE] = "pass"
                     await response.prepare(request)
-                    async for chunk in upstream.content.iter_chunked(CHUNK):
-                        await response.write(chunk)
-                    await response.write_eof()
+                    try:
+                        async for chunk in upstream.content.iter_chunked(CHUNK):
+                            await response.write(chunk)
+                        await response.write_eof()
+                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                        # The answer has begun: no other (nor an error) can follow it on
+                        # this connection. Cut it, so the client sees a broken answer,
+                        # never a short one that looks whole.
+                        log.warning(
+                            "discovery_pass_through_cut",
+                            question=question.text,
+                            reason=describe_failure(exc),
+                        )
+                        if request.transport is not None:
+                            request.transport.abort()
+                        self._count("unavailable")
+                        return response
                     self._count("pass")
                     return response
             except TimeoutError:
@@ -563,12 +577,14 @@ class Discovery:
         self.unreachable_error = None if ok else error
 
     def _evict(self, keep: Entry) -> None:
-        """Least recently used first, until the cached answers fit in CACHE_BYTES."""
+        """Least recently used first, until the cached answers fit in CACHE_BYTES; a
+        question with clients held on it is in use now (its `used_at` is when they asked):
+        it goes only once no other is left, as dropping it answers them at once."""
         while self._bytes > CACHE_BYTES:
             others = [e for e in self._entries.values() if e is not keep and e.answer]
             if not others:
                 return
-            victim = min(others, key=lambda e: e.used_at)
+            victim = min(others, key=lambda e: (e.held > 0, e.used_at))
             self._drop(victim, "evicted")
             if victim.task is not None:
                 victim.task.cancel()

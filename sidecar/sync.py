@@ -132,6 +132,7 @@ class SyncLoop:
         # Held for each PUT, so that /drain's DELETE never overtakes a PUT in flight.
         self._putting = asyncio.Lock()
         self._leaving: asyncio.Task[bool] | None = None  # the one drain, however asked
+        self.left = False  # a drain's DELETE went through: nothing left to deregister
         # Set by the owner to its second-signal event: it cuts a drain's grace short.
         self.hurry = asyncio.Event()
 
@@ -360,6 +361,8 @@ class SyncLoop:
         self.desired.mark_dirty()  # wake the loop, so it ends
         async with self._putting:
             gone = await self.deregister()
-        if not gone:
+        if gone:
+            self.left = True
+        else:
             self._leaving = None  # no master answered: the next drain tries the DELETE again
         return gone

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -536,3 +537,57 @@ async def test_a_sidecar_with_a_master_token_answers_loopback_callers_only(
         assert error["code"] == "forbidden" and "loopback callers only" in error["message"]
     # Without a token it reads only what the master gives anyone: everyone is answered.
     assert await ask_as(open_, remote) is served
+
+
+def test_a_question_with_blocking_queries_held_is_not_the_one_evicted(
+    web_sidecar: tuple[Master, Sidecar],
+) -> None:
+    """The least recently asked question goes first, but one with clients blocked on it
+    now is in use: evicting it would answer them at once with the index they hold."""
+    master, sidecar = web_sidecar
+    third = CACHE_BYTES // 3 + 4096  # three of them are past the cap
+    for ident in ("big-a", "big-b", "big-c"):
+        put_with_document(master, ident, third)
+    held_path = "/v1/services?openapi=true&name=big-a"
+    index = get(sidecar.url, held_path).headers["x-picoapi-index"]
+    get(sidecar.url, "/v1/services?openapi=true&name=big-b")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(get, sidecar.url, f"{held_path}&index={index}&wait=4s", 30)
+        wait_until(lambda: discovery(sidecar)["waiting"] == 1, timeout=5, message="held")
+        get(sidecar.url, "/v1/services?openapi=true&name=big-b")  # asked after big-a was
+        assert get(sidecar.url, "/v1/services?openapi=true&name=big-c").status == 200
+        time.sleep(1.0)
+        assert not pending.done(), "a held blocking query answered early by an eviction"
+        answer = pending.result(10)
+    assert answer.status == 200 and answer.headers["x-picoapi-index"] == index
+    figures = discovery(sidecar)
+    assert figures["dropped"] == {"evicted": 1} and figures["cached_bytes"] <= CACHE_BYTES
+    assert sorted(w["question"] for w in figures["watched"]) == [
+        "/v1/services?name=big-a&openapi=true",
+        "/v1/services?name=big-c&openapi=true",
+    ]
+
+
+def test_a_blocking_query_whose_client_hangs_up_is_no_longer_held(
+    web_sidecar: tuple[Master, Sidecar],
+) -> None:
+    """A client gone (its own timeout shorter than `wait`) holds no slot of MAX_HELD, nor
+    a pass-through's connection to the master, for the rest of its wait."""
+    _, sidecar = web_sidecar
+    path = "/v1/services?name=web"
+    index = get(sidecar.url, path).headers["x-picoapi-index"]
+    for _ in range(MAX_QUESTIONS):  # then a new question passes through, blocking
+        get(sidecar.url, f"/v1/services?name=q{_}")
+    for query in (
+        f"{path}&index={index}&wait=60s",
+        f"/v1/services?name=new&index={index}&wait=60s",
+    ):
+        with socket.create_connection(("127.0.0.1", sidecar.port)) as conn:
+            conn.sendall(f"GET {query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            wait_until(lambda: discovery(sidecar)["waiting"] == 1, timeout=5, message="held")
+        wait_until(
+            lambda: discovery(sidecar)["waiting"] == 0,
+            timeout=3,
+            message="a hung-up client still held",
+        )
+        assert discovery(sidecar)["passing_through"] == 0

@@ -4,10 +4,12 @@ what /status says of the master (reachable, still checking) and of an id held el
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -23,15 +25,22 @@ from sidecar import server as server_module
 from sidecar.checks import SharedCheck, build_check
 from sidecar.config import Config, load_config
 from sidecar.desired import Desired
+from sidecar.discovery import ANSWER_MAX
 from sidecar.master_client import MasterClient
 from sidecar.server import Sidecar, SidecarMetrics, build_server, guard_and_render
 from sidecar.sync import SyncLoop
 from sidecar.watch import ConfigWatcher
-from tests import test_sidecar_sync
+from tests import consumer_fixture, service_fixture, test_sidecar_sync
+from tests.conftest import Master, http_request, wait_until
+from tests.consumer_fixture import Sidecar as ProcessSidecar
+from tests.consumer_fixture import status_of
+from tests.service_fixture import NodeService, unused_port
 from tests.test_sidecar_sync import FakeMaster, eventually
 
 fake = test_sidecar_sync.fake  # bound, not imported: no F811 on uses
 session = test_sidecar_sync.session
+start_sidecar = consumer_fixture.start_sidecar
+node_service = service_fixture.node_service
 
 TOKEN: Final = "drain-t0ken-8c1f"
 OTHER_HOST: Final = "192.0.2.7"  # TEST-NET-1: only ever a mocked peer address, never dialled
@@ -338,3 +347,73 @@ async def test_status_shows_an_id_held_by_another_instance(
     assert status["master"]["reachable"] is True, "a refusal is an answer"
     assert status["instance"] == "this-host:9599"
     assert status["registration"]["instance"] == "this-host:9599"
+
+
+# --- a drain no master answered, then SIGTERM ----------------------------------------------
+
+
+def test_sigterm_deregisters_after_a_drain_no_master_answered(
+    start_master: Callable[..., Master],
+    start_sidecar: Callable[..., ProcessSidecar],
+    node_service: NodeService,
+) -> None:
+    """A preStop POST /drain during a master's restart is 503 (not drained); the SIGTERM
+    that follows must still deregister, as it does without the drain."""
+    port = unused_port()
+    master = start_master("--listen", f"127.0.0.1:{port}")  # SQLite: the restart keeps it
+    sidecar = start_sidecar(node_service, master.url, name="web", ident="web-1")
+    wait_until(lambda: status_of(master, "web-1") is not None, timeout=10, message="registered")
+    master.kill()
+    refused = http_request("POST", f"{sidecar.url}/drain", timeout=15)
+    assert refused.status == 503 and refused.json()["drained"] is False
+    start_master("--listen", f"127.0.0.1:{port}")
+    assert status_of(master, "web-1") is not None, "the record outlives the restart"
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+    assert status_of(master, "web-1") is None, "SIGTERM left the service registered"
+
+
+# --- a pass-through the master breaks midway -------------------------------------------------
+
+
+async def test_a_pass_through_the_master_breaks_midway_is_cut_not_left_hanging(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An answer over ANSWER_MAX is relayed as it comes; a master that breaks it midway
+    (killed, or its connection lost) leaves the caller a cut answer at once: neither one
+    that hangs until the caller gives up, nor a second answer after the first one's start."""
+
+    async def breaks(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        answer = web.StreamResponse(headers={"X-Picoapi-Index": "5"})
+        await answer.prepare(request)
+        await answer.write(b"x" * (ANSWER_MAX + 100_000))
+        await asyncio.sleep(0.05)
+        transport.abort()
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/v1/services", breaks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    broken = FakeMaster()
+    broken.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    sidecar = make_sidecar(load_config(service_file(tmp_path, broken), {}), session)
+    try:
+        async with serving(sidecar) as url:
+            began = time.monotonic()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with session.get(
+                    f"{url}/v1/services", timeout=aiohttp.ClientTimeout(total=5)
+                ) as answer:
+                    assert answer.status == 200 and answer.headers["X-Picoapi-Cache"] == "pass"
+                    await answer.read()
+            assert time.monotonic() - began < 3
+            figures = sidecar.discovery.figures()
+            assert figures["waiting"] == figures["passing_through"] == 0
+    finally:
+        await sidecar.discovery.close()
+        await runner.cleanup()
