@@ -35,6 +35,7 @@ from yarl import URL
 from master.api import (
     AUTH,
     BODY_MAX,
+    POLICY,
     REGISTRY,
     json_response,
     raw_json_response,
@@ -68,6 +69,7 @@ from master.model import (
     loads_json,
     parse_duration,
 )
+from master.policy import CheckPolicy, PolicyResolver
 from master.shared.capped import read_capped
 
 PICOAPI_NAME: Final = "picoapi_name"  # the meta key holding the name as the service sent it
@@ -270,8 +272,12 @@ async def services_definition(request: web.Request) -> web.Response:
     if missing:
         limit = asyncio.Semaphore(DOCUMENT_FETCHES)
         timeout = aiohttp.ClientTimeout(total=DOCUMENT_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            documents = await asyncio.gather(*(_fetch(session, limit, r) for r in missing))
+        # The master fetches what it is told to, as it checks: under the same policy (an
+        # address judged here, a name on what it resolves to, as master.health does).
+        policy = request.app[POLICY]
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(policy))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            documents = await asyncio.gather(*(_fetch(session, limit, r, policy) for r in missing))
         fetched = {r.id: d for r, d in zip(missing, documents, strict=True)}
     parts = []
     for record in records:
@@ -282,7 +288,7 @@ async def services_definition(request: web.Request) -> web.Response:
 
 
 async def _fetch(
-    session: aiohttp.ClientSession, limit: asyncio.Semaphore, record: Record
+    session: aiohttp.ClientSession, limit: asyncio.Semaphore, record: Record, policy: CheckPolicy
 ) -> dict[str, Any]:
     """The service's own document, or picoapi's `not running!` for any failure."""
     registration = record
@@ -294,14 +300,16 @@ async def _fetch(
                 port=registration.port,
                 path=DOCUMENT_PATH,
             )
+            if policy.url_refusal(str(url)) is not None:
+                return NOT_RUNNING
             async with session.get(url, allow_redirects=False) as answer:
                 if answer.status != 200:
                     return NOT_RUNNING
                 body, more = await read_capped(answer.content, DOCUMENT_MAX)
                 if more:
                     return NOT_RUNNING
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return NOT_RUNNING
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return NOT_RUNNING  # OSError: CheckRefused, a name resolving to refused addresses
     try:
         document = loads_json(body) if body is not None else None
     except FieldError:

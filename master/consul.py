@@ -130,6 +130,23 @@ async def _block_on_name(request: web.Request, name: str) -> int:
     return registry.name_index(name)
 
 
+async def _block_on_all(request: web.Request) -> None:
+    """A blocking query on the whole catalog: wakes when the registry's index passes the
+    one given. We show an empty registry's index 0 as 1 (0 makes clients spin), so a 1
+    given back while the index is 0 waits for the first change instead of answering at
+    once (which would have the client spin all the same)."""
+    index_text = request.query.get("index")
+    if index_text is None:
+        return
+    if not index_text.isdigit() or len(index_text) > 18:
+        raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
+    registry = request.app[REGISTRY]
+    wanted = int(index_text)
+    if wanted == 1 and registry.index == 0:
+        wanted = 0
+    await registry.wait(wanted, wait_of(request))
+
+
 def _instances(request: web.Request) -> list[Record]:
     tags = request.query.getall("tag", [])
     return request.app[REGISTRY].query(tags=tags, name=request.match_info["name"])
@@ -143,7 +160,7 @@ async def catalog_services(request: web.Request) -> web.Response:
     the names with at least one instance the filter holds for."""
     _check_datacenter(request)
     keep = _filter(request, CATALOG_SERVICE_FIELDS)
-    await block(request)
+    await _block_on_all(request)
     registry = request.app[REGISTRY]
     if keep is None:
         return _consul_response(request, registry.names())

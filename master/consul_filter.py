@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import re2
+
 _TOKEN_RE: Final = re.compile(
     r"""\s*(?:
         (?P<open>\() | (?P<close>\)) |
@@ -59,13 +61,45 @@ def _tokens(text: str) -> list[_Token]:
         kind = match.lastgroup or "word"
         raw = match.group(kind)
         if kind == "dq":
-            found.append(_Token("value", bytes(raw[1:-1], "utf-8").decode("unicode_escape"), pos))
+            found.append(_Token("value", _unquote(raw[1:-1], pos), pos))
         elif kind == "bq":
             found.append(_Token("value", raw[1:-1], pos))
         else:
             found.append(_Token(kind, raw, pos))
         pos = match.end()
     return found
+
+
+_ESCAPES: Final = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34}
+_ESCAPE_RE: Final = re.compile(
+    r"\\(?:x[0-9A-Fa-f]{2}|[0-7]{3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.S
+)
+
+
+def _unquote(body: str, at: int) -> str:
+    """A "double quoted" string's text, its escapes read as Go's strconv.Unquote reads
+    them (go-bexpr's): `\\xHH` and `\\ooo` are bytes, `\\uHHHH` and `\\UHHHHHHHH` runes."""
+    out, last = bytearray(), 0
+    for escape in _ESCAPE_RE.finditer(body):
+        out += body[last : escape.start()].encode("utf-8", "surrogatepass")
+        last = escape.end()
+        code = escape.group()[1:]
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+        elif code[0] == "x" and len(code) == 3:
+            out.append(int(code[1:], 16))
+        elif code[0] in "01234567" and len(code) == 3 and int(code, 8) < 256:
+            out.append(int(code, 8))
+        elif code[0] in "uU" and len(code) > 1:
+            rune = int(code[1:], 16)
+            if rune > 0x10FFFF or 0xD800 <= rune < 0xE000:
+                raise FilterError(f"filter: \\{code} at {at} is not a Unicode character")
+            out += chr(rune).encode("utf-8")
+        else:
+            raise FilterError(f"filter: unknown escape \\{code[:1]!s} in the string at {at}")
+    out += body[last:].encode("utf-8", "surrogatepass")
+    # Bytes that are not UTF-8 (Go keeps them) become lone surrogates: equal to no text.
+    return out.decode("utf-8", "surrogateescape")
 
 
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -116,11 +150,12 @@ class _Parser:
         return parts[0] if len(parts) == 1 else (lambda d: all(p(d) for p in parts))
 
     def _not(self) -> Predicate:
-        if self._peek("not"):
+        negations = 0  # counted, not recursed: `not not ... not` must not exhaust the stack
+        while self._peek("not"):
             self.pos += 1
-            inner = self._not()
-            return lambda d: not inner(d)
-        return self._primary()
+            negations += 1
+        inner = self._primary()
+        return (lambda d: not inner(d)) if negations % 2 else inner
 
     def _primary(self) -> Predicate:
         token = self._take()
@@ -205,13 +240,7 @@ class _Parser:
         if token.text == "contains":
             test = self._membership(selector, self._value())
         elif token.text == "matches":
-            pattern = self._value()
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise FilterError(
-                    f"filter: {pattern!r} is not a regular expression: {exc}"
-                ) from None
+            compiled = _regex(self._value())
             test = lambda d: any(  # noqa: E731
                 isinstance(v, str) and compiled.search(v) is not None for v in _scalars(d, selector)
             )
@@ -237,6 +266,27 @@ class _Parser:
             return False
 
         return test
+
+
+# --- `matches`: regular expressions in linear time ----------------------------------------
+#
+# Go's regexp, which Consul uses, is RE2: linear in the text whatever the pattern, and
+# without back references or look-arounds. Python's `re` backtracks: `(a|aa)+$` on a 4 KiB
+# check output would hold the master for ages, and any reader may send a filter. So
+# patterns are compiled by RE2 itself (google-re2), which also refuses what Go refuses.
+
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the caller's 400, not our stderr
+_RE2_OPTIONS.max_mem = 1 << 20  # per compiled pattern: a huge one is refused, not built
+
+
+def _regex(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else "refused"
+        reason = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+        raise FilterError(f"filter: {pattern!r} is not a regular expression: {reason}") from None
 
 
 def _values(data: Any, path: tuple[str, ...]) -> list[Any]:

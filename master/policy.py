@@ -88,10 +88,16 @@ class CheckPolicy:
         parsed = URL(url)
         if parsed.user is not None or parsed.password is not None:
             return "must not carry user info (user:password@): a check sends no credentials"
-        host = parsed.host or ""
+        host = (parsed.host or "").strip("[]")
         try:
-            address = ipaddress.ip_address(host.strip("[]"))
+            address = ipaddress.ip_address(host)
         except ValueError:
+            if ":" in host or host.replace(".", "").isdigit():
+                # aiohttp takes this for an address and connects without a resolver (so
+                # without PolicyResolver), and the system may read `2852039166` or
+                # `169.254.43518` as inet_aton does (169.254.169.254): judge no spelling
+                # but the usual one.
+                return f"{host} is not an address in its usual form (a.b.c.d, or IPv6)"
             return None
         return self.refusal(address)
 

@@ -427,3 +427,29 @@ def test_the_real_master_process_takes_picoapi_registrations(start_master: Any) 
     ]
     [record] = master.request("GET", "/v1/services").json()["services"]
     assert record["id"] == "example-service-127.0.0.1-8888"
+
+
+async def test_definition_fetches_only_what_the_check_policy_allows() -> None:
+    """The master fetches a picoapi service's document itself: from an address the check
+    policy refuses (outside --check-allow, link-local, metadata), it must not, whether the
+    host is an address or a name that resolves to one."""
+    from master.policy import CheckPolicy, parse_networks
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(DOCUMENT)
+
+    target = web.Application()
+    target.router.add_get("/openapi.json", openapi)
+    policy = CheckPolicy(allow=parse_networks("10.0.0.0/8"))
+    app = build_app(MemoryStore(), Auth(None, None), policy=policy)
+    async with TestClient(TestServer(app)) as master, TestServer(target, host="127.0.0.1") as up:
+        await app[SCHEDULER].stop()
+        for name, host in (("By Address", "127.0.0.1"), ("By Name", "localhost")):
+            body = picoapi_body(name=name, host=host, port=up.port, healthcheck=None)
+            assert (await master.put("/register", json=body)).status == 200
+        answer = await master.get("/services/definition")
+        assert answer.status == 200
+        assert await answer.json() == [
+            {"By Address": {"status": "not running!"}},
+            {"By Name": {"status": "not running!"}},
+        ]

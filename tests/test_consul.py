@@ -450,3 +450,143 @@ async def test_what_is_not_served_says_so(
     error = (await answer.json())["error"]
     assert error["code"] == "not_supported"
     assert error["message"].startswith("read-only catalog: not supported")
+
+
+# --- filter strings, depth and `matches` -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "holds"),
+    [
+        ('ServiceMeta.owner == "José"', True),  # UTF-8 text as it is, not mangled
+        (r'ServiceMeta.owner == "Jos\u00e9"', True),
+        (r'ServiceMeta.owner == "Jos\xe9"', False),  # Go: \x is a byte; é is two bytes
+        (r'ServiceMeta.quote == "say \"hi\"\t"', True),
+        ("ServiceMeta.owner == `José`", True),
+    ],
+)
+def test_filter_strings_are_read_as_go_reads_them(expression: str, holds: bool) -> None:
+    from master.consul_filter import CATALOG_SERVICE_FIELDS, compile_filter
+
+    entry = {"ServiceMeta": {"owner": "José", "quote": 'say "hi"\t'}}
+    assert compile_filter(expression, CATALOG_SERVICE_FIELDS)(entry) is holds
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        r'ServiceName == "a\x"',  # a bad escape
+        r'ServiceName == "\N{DIGIT ONE}"',  # Python's, not Go's
+        r'ServiceName == "\q"',
+        'ServiceName matches "(a)\\1"',  # a back reference: not RE2
+        'ServiceName matches "a(?=b)"',  # a look-ahead: not RE2
+    ],
+)
+async def test_a_filter_we_cannot_read_is_a_400_not_a_500(
+    master: TestClient[Any, Any], expression: str
+) -> None:
+    await register(master, "web-1")
+    answer = await master.get("/v1/catalog/service/web", params={"filter": expression})
+    assert answer.status == 400, await answer.text()
+    assert (await answer.json())["error"]["code"] == "invalid_filter"
+
+
+async def test_a_long_chain_of_nots_is_evaluated(master: TestClient[Any, Any]) -> None:
+    await register(master, "web-1")
+    for nots, expected in ((1000, ["web-1"]), (1001, [])):
+        expression = "not " * nots + "ServiceName == web"  # deeper than Python's stack
+        answer = await master.get("/v1/catalog/service/web", params={"filter": expression})
+        assert answer.status == 200, await answer.text()
+        assert [e["ServiceID"] for e in await answer.json()] == expected
+
+
+@pytest.mark.parametrize(
+    "pattern", ["(a|aa)+$", "(a+)+$", "(.*a){25}$", "^(a|a?)+$", "(x+x+)+y", "(\\w+\\s?)+$"]
+)
+def test_matches_takes_linear_time_whatever_the_pattern(pattern: str) -> None:
+    from master.consul_filter import HEALTH_SERVICE_FIELDS, compile_filter
+
+    keep = compile_filter(f"Checks.Output matches `{pattern}`", HEALTH_SERVICE_FIELDS)
+    started = time.monotonic()
+    for text in ("a" * 4000 + "!", "x" * 4000, "word " * 800 + "!"):
+        keep({"Checks": [{"Output": text}]})
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "^web-",
+        "-2$",
+        "a.c",
+        "a.*c",
+        "^a+b?c*$",
+        "x|y|abc",
+        "[a-c]+-[^0-9]",
+        "\\d{2,3}",
+        "^(ab|cd){2}$",
+        "\\bword\\b",
+        "\\Bor",
+        "(?i)WEB",
+        "^$",
+        "a{0}",
+        "[\\w.]+@",
+        "colou?r",
+        "(a*)*b",
+        "\\s",
+        "^(?:x|xy)z$",
+        "[^\\n]+",
+        "(?s)a.b",
+        "(?m)^b",
+        "a{2,}",
+        "a+?b",
+        "(?i)^[^w]",
+        "(?i)^[^a-z]",
+        "(?i)^[^W]e",
+        "(?i:b)x|W[^E]",
+        "\\D\\W",
+    ],
+)
+def test_matches_finds_what_a_regular_expression_finds(pattern: str) -> None:
+    from master.consul_filter import CATALOG_SERVICE_FIELDS, compile_filter
+
+    keep = compile_filter(f"ServiceName matches `{pattern}`", CATALOG_SERVICE_FIELDS)
+    texts = ["", "web-1", "web-2", "abc", "aXc", "ac", "aabcc", "xyz", "abab", "cdab", "12",
+             "a word.", "sword", "WeB", "colour", "color", "aaab", "b", "xyz", "xz", "x y",
+             "a\nb", "user.name@host", "b-1", "aa", "a1"]  # fmt: skip
+    for text in texts:
+        assert keep({"ServiceName": text}) is (re.search(pattern, text) is not None), text
+
+
+@pytest.mark.parametrize("pattern", ["((a{100}){100}){100}", "a{1001}", "(\\w{1000}){1000}"])
+async def test_a_pattern_too_large_is_a_400_not_a_500(
+    master: TestClient[Any, Any], pattern: str
+) -> None:
+    await register(master, "web-1", meta={"note": "abcdefghij" * 40})
+    for path, selector in (("/v1/catalog/service/web", "ServiceMeta.note"),
+                           ("/v1/catalog/services", "ServiceMeta.note"),
+                           ("/v1/health/service/web", "Service.Meta.note")):  # fmt: skip
+        answer = await master.get(path, params={"filter": f"{selector} matches `{pattern}`"})
+        assert answer.status == 400, await answer.text()
+        error = (await answer.json())["error"]
+        assert error["code"] == "invalid_filter" and "regular expression" in error["message"]
+
+
+async def test_a_blocking_catalog_query_on_an_empty_registry_blocks(
+    master: TestClient[Any, Any],
+) -> None:
+    """The index shown for an empty registry is 1 (0 makes clients spin): asked back, it
+    must wait for a change, not answer at once and have the client spin anyway."""
+    _, headers = await get(master, "/v1/catalog/services")
+    index = headers["X-Consul-Index"]
+    assert index == "1"
+    started = time.monotonic()
+    body, headers = await get(master, f"/v1/catalog/services?index={index}&wait=1s")
+    assert time.monotonic() - started >= 0.9
+    assert body == {} and headers["X-Consul-Index"] == "1"
+    waiting = asyncio.ensure_future(get(master, f"/v1/catalog/services?index={index}&wait=5s"))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await register(master, "web-1")
+    body, headers = await asyncio.wait_for(waiting, 2)
+    assert "web" in body and int(headers["X-Consul-Index"]) >= 1

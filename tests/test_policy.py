@@ -202,3 +202,29 @@ async def test_a_check_that_cannot_run_here_moves_no_status(target: Target) -> N
         assert registry.index == index  # nothing written
     finally:
         await scheduler.stop()
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["2852039166", "169.254.43518", "0251.0376.0251.0376", "169.254.169.254.", "0169.254.169.254"],
+)
+def test_an_address_in_another_spelling_is_refused(host: str) -> None:
+    """aiohttp takes any host of digits and dots for an address and connects to it without
+    a resolver (so without the policy's); the system reads `2852039166` as 169.254.169.254."""
+    assert CheckPolicy().url_refusal(f"http://{host}/latest/meta-data/") is not None
+    assert CheckPolicy(parse_networks("10.0.0.0/8")).url_refusal(f"http://{host}/") is not None
+
+
+async def test_a_decimal_address_is_not_fetched(target: Target) -> None:
+    policy = CheckPolicy(parse_networks("10.0.0.0/8"))
+    registry, scheduler = await scheduled(policy)
+    try:
+        url = f"http://2130706433:{target.port}/secret"  # 127.0.0.1, outside 10.0.0.0/8
+        check = CheckSpec(url=url, interval=1.0, timeout=0.5)
+        await registry.put(
+            Registration(id="a", name="a", address="10.0.0.5", port=80, check=check), KEEP
+        )
+        await status_soon(registry, "a", Status.CRITICAL)
+        assert target.hits["/secret"] == 0
+    finally:
+        await scheduler.stop()
