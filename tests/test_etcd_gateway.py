@@ -630,3 +630,49 @@ async def test_cluster_member_restart_keeps_the_client_working(
         statuses = [await c.status(url) for url in (etcd_cluster.urls[0], etcd_cluster.urls[2])]
         assert len({s.leader for s in statuses}) == 1 and statuses[0].leader != 0
         assert {s.revision for s in statuses} == {second}
+
+
+@bounded(10)
+async def test_a_watch_never_acknowledged_is_unavailable_not_idle() -> None:
+    """Silence before etcd acknowledged the watch is not a quiet stream (WatchIdle, which
+    a follower may take calmly): the watch was never running."""
+
+    done = asyncio.Event()
+
+    async def mute(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await done.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v3/watch", mute)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    created: list[bool] = []
+    try:
+        async with EtcdClient([f"http://127.0.0.1:{port}"], timeout=0.5) as c:
+            stream = c.watch(b"k", None, 0, on_created=lambda: created.append(True))
+            with pytest.raises(EtcdUnavailable) as caught:
+                async with aclosing(stream):
+                    await anext(stream)
+            assert not isinstance(caught.value, WatchIdle), caught.value
+            assert not created
+    finally:
+        done.set()
+        await runner.cleanup()
+
+
+@bounded(20)
+async def test_a_watch_says_when_it_is_created(client: EtcdClient) -> None:
+    created: list[bool] = []
+    stream = client.watch(b"c/", prefix_end(b"c/"), 0, on_created=lambda: created.append(True))
+    async with aclosing(stream):
+        waiting = asyncio.ensure_future(anext(stream))
+        while not created:
+            await asyncio.sleep(0.01)
+        await client.put(b"c/1", b"v")
+        batch = await waiting
+        assert [e.kv.key for e in batch.events] == [b"c/1"] and created == [True]

@@ -23,7 +23,12 @@ from master.model import Document
 from master.registry import Registry
 from master.store import Store, StoreError, open_store_url
 from master.store.base import Change, Conflict, Snapshot
+from master.store.etcd import EtcdStore
 from master.store.sqlite import SCHEMA_V2, SCHEMA_VERSION, SQLiteStore
+from tests import etcd_fixture
+from tests.etcd_fixture import EtcdCluster, start_etcd_cluster, store_url
+
+etcd = etcd_fixture.etcd  # bound, not imported: no F811 on uses
 
 
 def sqlite_url(path: Path) -> str:
@@ -453,3 +458,204 @@ async def test_a_write_expecting_another_revision_is_refused() -> None:
     with pytest.raises(Conflict):
         await store.delete("svc-1", expected=revision + 5)
     assert await store.put("svc-1", b"{}", expected=revision) > revision
+
+
+# --- etcd: the feed ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def etcd_store(url: str) -> AsyncIterator[tuple[EtcdStore, list[Change]]]:
+    """An EtcdStore opened and followed; the changes its feed delivered."""
+    store = EtcdStore(url)
+    seen: list[Change] = []
+    try:
+        await store.open()
+        store.subscribe(seen.append)
+        yield store, seen
+    finally:
+        await store.close()
+
+
+async def eventually(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_quiet_etcd_registry_is_not_reported_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd's default progress interval is 10 min, far above the store's idle bound: a
+    registry nobody writes to is quiet, not cut off, and must not say it is stale (nor
+    stay stale once etcd is back)."""
+    monkeypatch.setattr("master.store.etcd.WATCH_IDLE", 0.5)
+    with start_etcd_cluster(tmp_path / "etcd", progress_interval=600.0) as cluster:
+        async with etcd_store(store_url(cluster)) as (store, seen):
+            revision = await store.put("svc-1", b'{"n":1}', expected=0)
+            await eventually(lambda: seen and seen[-1].revision == revision, 5, "feed")
+            for _ in range(30):  # 3 s: several idle bounds
+                assert store.stale_for() is None, store.last_error
+                await asyncio.sleep(0.1)
+            # and the feed still follows
+            second = await store.put("svc-1", b'{"n":2}', expected=revision)
+            await eventually(lambda: seen[-1].revision == second, 5, "feed after quiet")
+            # a real outage is reported, and its end too, with nothing written since
+            cluster.stop(0)
+            await eventually(lambda: store.stale_for() is not None, 10, "outage seen")
+            cluster.start_all()
+            await eventually(lambda: store.stale_for() is None, 10, "still stale after")
+
+
+async def test_a_conflict_names_a_revision_the_feed_reaches(etcd: EtcdCluster) -> None:
+    """The registry waits for a Conflict's revision to come through the feed before it
+    tries again: it must be one the feed delivers, even when etcd's revision moved on for
+    keys that are not the registry's (another prefix, a member joining)."""
+    async with etcd_store(store_url(etcd)) as (store, seen):
+        revision = await store.put("svc-1", b'{"n":1}', expected=0)
+        etcd.put(b"/elsewhere/key", b"not the registry's")
+        with pytest.raises(Conflict) as refused:
+            await store.put("svc-1", b'{"n":2}', expected=0)
+        assert refused.value.revision >= revision
+        await eventually(
+            lambda: seen and seen[-1].revision >= refused.value.revision,
+            3,
+            f"the feed never reached the conflict's revision {refused.value.revision}",
+        )
+
+
+async def test_the_sweep_keeps_a_document_named_while_it_looked(etcd: EtcdCluster) -> None:
+    """The sweep finds a document unused in the registry's view, then lists etcd's: a
+    record that names the document in between must keep it (the txn compares against the
+    view the counts came from, not a later one)."""
+    document = Document.of(b'{"openapi":"3.1.0"}')
+    async with etcd_store(store_url(etcd)) as (store, seen):
+        first = await store.put("svc-1", b'{"n":1}', document, expected=0)
+        second = await store.put("svc-1", b'{"n":2}', expected=first)  # stops naming it
+        await eventually(lambda: seen and seen[-1].revision == second, 5, "feed")
+        store.follow_documents(lambda: {})  # the registry's view: nobody names it
+        named: list[int] = []
+        listing = store.client.range
+
+        async def range_while_a_record_names_it(*args: Any, **kwargs: Any) -> Any:
+            if not named:  # another master's record names the document meanwhile
+                named.append(
+                    await store.put("svc-2", b'{"n":3}', expected=0, names=document.sha256)
+                )
+                await eventually(lambda: seen[-1].revision == named[0], 5, "feed")
+            return await listing(*args, **kwargs)
+
+        store.client.range = range_while_a_record_names_it  # type: ignore[method-assign]
+        assert await store.sweep_once(grace=0) == 0
+        store.client.range = listing  # type: ignore[method-assign]
+        _, kvs = await store.client.range(store.prefix + b"documents/" + document.sha256.encode())
+        assert [kv.value for kv in kvs] == [document.body]
+
+
+async def test_a_sweep_that_removes_a_document_moves_the_index(etcd: EtcdCluster) -> None:
+    document = Document.of(b'{"openapi":"3.1.0"}')
+    async with etcd_store(store_url(etcd)) as (store, seen):
+        first = await store.put("svc-1", b'{"n":1}', document, expected=0)
+        second = await store.put("svc-1", b'{"n":2}', expected=first)
+        await eventually(lambda: seen and seen[-1].revision == second, 5, "feed")
+        store.follow_documents(lambda: {})
+        assert await store.sweep_once(grace=0) == 1
+        await eventually(lambda: seen[-1].documents == {document.sha256: None}, 5, "feed")
+        etcd.put(b"/elsewhere/key", b"not the registry's")
+        # a write naming it now is refused at the revision the feed said it went
+        with pytest.raises(Conflict) as refused:
+            await store.put("svc-2", b"{}", expected=0, names=document.sha256)
+        assert refused.value.revision == seen[-1].revision
+        # and a master started now reports the same index, not an older one
+        fresh = EtcdStore(store_url(etcd))
+        try:
+            assert (await fresh.open()).revision == seen[-1].revision
+        finally:
+            await fresh.close()
+
+
+async def test_a_failing_reload_after_a_compaction_backs_off(etcd: EtcdCluster) -> None:
+    """The watch's revision was compacted and the listing that should follow fails: the
+    store tries again with backoff, not in a loop of watches and listings."""
+    from master.store.etcd_gateway import EtcdError
+
+    store = EtcdStore(store_url(etcd))
+    try:
+        await store.open()
+        for n in range(3):
+            latest = etcd.put(b"/elsewhere/key", b"%d" % n)
+        etcd.compact(latest)
+        listings = 0
+
+        async def failing_list() -> Snapshot:
+            nonlocal listings
+            listings += 1
+            raise EtcdError("etcdserver: request is too large")
+
+        store._list = failing_list  # type: ignore[method-assign]
+        store.subscribe(lambda change: None)
+        await asyncio.sleep(2.0)
+        assert 1 <= listings <= 8, f"{listings} listings in 2 s"
+        assert store.stale_for() is not None
+    finally:
+        await store.close()
+
+
+async def test_a_feed_that_raises_does_not_stop_the_later_changes(harness: Harness) -> None:
+    """The feed is the registry's; should it raise on one change, the store goes on
+    committing and delivering (a dead SQLite flusher would leave every later write
+    waiting forever)."""
+    seen: list[int] = []
+
+    def feed(change: Change) -> None:
+        seen.append(change.revision)
+        if len(seen) == 1:
+            raise RuntimeError("a bug in the registry")
+
+    harness.store.subscribe(feed)
+    with capture_logs() as logs:
+        async with asyncio.timeout(5):
+            first = await put(harness.store, "svc-1", body(1))
+            second = await put(harness.store, "svc-2", body(2))
+    assert seen == [first, second]
+    assert [entry["event"] for entry in logs] == ["store_feed_failed"]
+
+
+async def test_a_feed_that_raises_does_not_end_the_etcd_watch(etcd: EtcdCluster) -> None:
+    async with etcd_store(store_url(etcd)) as (store, seen):
+        failed: list[int] = []
+
+        def feed(change: Change) -> None:
+            if not failed:
+                failed.append(change.revision)
+                raise RuntimeError("a bug in the registry")
+            seen.append(change)
+
+        store.subscribe(feed)
+        await store.put("svc-1", b"{}", expected=0)
+        await eventually(lambda: failed, 5, "first change")
+        second = await store.put("svc-2", b"{}", expected=0)
+        await eventually(lambda: seen and seen[-1].revision == second, 5, "the watch ended")
+
+
+async def test_a_document_swept_elsewhere_is_not_swept_again(etcd: EtcdCluster) -> None:
+    """Two masters sweep the same document: one removes it, the other's sweep commits
+    nothing (no index moved for a no-op)."""
+    document = Document.of(b'{"openapi":"3.1.0"}')
+    async with etcd_store(store_url(etcd)) as (store, seen):
+        first = await store.put("svc-1", b'{"n":1}', document, expected=0)
+        second = await store.put("svc-1", b'{"n":2}', expected=first)
+        await eventually(lambda: seen and seen[-1].revision == second, 5, "feed")
+        store.follow_documents(lambda: {})
+        listing = store.client.range
+
+        async def listed_before_the_other_master_swept(*args: Any, **kwargs: Any) -> Any:
+            answer = await listing(*args, **kwargs)
+            await store.client.delete(store.prefix + b"documents/" + document.sha256.encode())
+            return answer
+
+        store.client.range = listed_before_the_other_master_swept  # type: ignore[method-assign]
+        assert await store.sweep_once(grace=0) == 0
+        store.client.range = listing  # type: ignore[method-assign]
+        _, kvs = await store.client.range(store.prefix + b"index")
+        assert kvs[0].mod_revision == second

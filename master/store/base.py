@@ -23,7 +23,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from master.model import Document
+
+log = structlog.get_logger("master.store")
 
 
 class StoreError(Exception):
@@ -135,5 +139,12 @@ class Store(abc.ABC):
         return {}
 
     def _emit(self, change: Change) -> None:
-        if self.feed is not None:
+        """Hand `change` to the feed. A feed that raises is logged, not passed on: the
+        exception would end the task that delivers every later change (the SQLite
+        flusher, the etcd watch), and every later write would wait on it forever."""
+        if self.feed is None:
+            return
+        try:
             self.feed(change)
+        except Exception:
+            log.exception("store_feed_failed", revision=change.revision)

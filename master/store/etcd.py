@@ -48,6 +48,7 @@ from master.store.etcd_gateway import (
     Event,
     Op,
     WatchBatch,
+    WatchIdle,
     prefix_end,
 )
 
@@ -110,6 +111,7 @@ class EtcdStore(Store):
         self._members_now: dict[str, int] = {}
         self._document_users: Callable[[], dict[str, int]] | None = None
         self._unreferenced: dict[str, float] = {}  # sha -> when we first saw it unused
+        self._following = False  # the current watch stream is acknowledged
         self.stale_since: float | None = None  # monotonic time the feed was lost, if it is
         self.last_error: str | None = None
 
@@ -181,20 +183,31 @@ class EtcdStore(Store):
         """Follow the prefix for as long as the store is open; never ends by an error."""
         failures = 0
         while True:
+            self._following = False
             try:
                 await self._follow()
+            except WatchIdle:
+                # Silence on a stream etcd acknowledged: most often a quiet registry (etcd's
+                # progress notifications come every 10 min by default). Start a new stream
+                # at once: if etcd is out of reach, that one fails and says so.
+                log.debug("etcd_watch_idle", revision=self._revision)
+                continue
             except Compacted as exc:
                 log.warning(
                     "etcd_watch_compacted", revision=self._revision, oldest=exc.compact_revision
                 )
-                await self._reload()
-                continue
+                if await self._reload():
+                    continue
+                self._following = False  # etcd answered the watch, not the listing: back off
+                failures += 1
             except (EtcdError, OSError) as exc:
                 failures += 1
                 self._lost(str(exc), failures)
             except _Restart:
                 failures += 1
                 self._lost("restarted after a failed request elsewhere", failures)
+            if self._following:  # the stream was up: this is a new run of failures
+                failures = min(failures, 1)
             ceiling = min(RETRY_CAP, RETRY_FIRST * 2 ** min(failures, 10))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(random.uniform(ceiling / 2, ceiling)):
@@ -220,33 +233,50 @@ class EtcdStore(Store):
         stream = cast(
             AsyncGenerator[WatchBatch, None],
             self.client.watch(
-                self.prefix, prefix_end(self.prefix), self._revision + 1, idle_timeout=WATCH_IDLE
+                self.prefix,
+                prefix_end(self.prefix),
+                self._revision + 1,
+                idle_timeout=WATCH_IDLE,
+                on_created=self._created,
             ),
         )
         async with contextlib.aclosing(stream):
             async for batch in stream:
                 self._found()
                 self._deliver(batch.events)
+                # a progress notification: nothing of ours changed up to its revision, so a
+                # new stream need not start (and find compacted) further back
+                self._revision = max(self._revision, batch.next_revision - 1)
+
+    def _created(self) -> None:
+        """etcd acknowledged the watch: the store is following again."""
+        self._following = True
+        self._found()
 
     def _deliver(self, events: Iterable[Event]) -> None:
         """Events grouped by revision: one commit, one Change (a txn's document and
         record arrive together). A membership change moves no index: it is not part of
         what the registry holds, and watchers need not wake for it."""
-        revision, members = 0, False
+        revision, members, indexed = 0, False, False
         records: dict[str, StoredRecord | None] = {}
         documents: dict[str, bytes | None] = {}
 
         def flush() -> None:
-            if records or documents:
+            nonlocal indexed
+            # A commit that moved the index is a Change even if it holds nothing else (a
+            # delete of an absent record): the registry may be waiting for its revision.
+            if records or documents or indexed:
                 self._emit(Change(revision, dict(records), dict(documents)))
             records.clear()
             documents.clear()
+            indexed = False
 
         for event in events:
             if event.kv.mod_revision != revision and revision:
                 flush()
             revision = event.kv.mod_revision
             if event.kv.key == self._index_key:
+                indexed = True
                 continue
             kind, name = self._split(event.kv.key)
             if kind == "services":
@@ -270,13 +300,14 @@ class EtcdStore(Store):
         if members:
             self._set_members(self._members_now)
 
-    async def _reload(self) -> None:
-        """The revision to resume from is gone: list everything, hand it on whole."""
+    async def _reload(self) -> bool:
+        """The revision to resume from is gone: list everything, hand it on whole; False
+        if the listing failed."""
         try:
             snapshot = await self._list()
         except EtcdError as exc:
             self._lost(str(exc), 1)
-            return
+            return False
         self._emit(
             Change(
                 snapshot.revision,
@@ -286,6 +317,7 @@ class EtcdStore(Store):
             )
         )
         log.info("etcd_reloaded", revision=snapshot.revision, records=len(snapshot.records))
+        return True
 
     def _lost(self, reason: str, failures: int) -> None:
         if self.stale_since is None:
@@ -353,9 +385,15 @@ class EtcdStore(Store):
         compare, and the registry, catching up, finds the record as it wanted it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ELECTION_WAIT
+        # On a refusal, the record and the index as they are: the Conflict names the
+        # registry's last commit, a revision the feed delivers (etcd's own revision may be
+        # past every one of ours: another prefix, a member joining), and the registry
+        # waits for it before it tries again.
+        key = self._services + record_id.encode()
+        failure = [Op.range(key), Op.range(self._index_key)]
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                result = await self.client.txn(compare, success)
+                result = await self.client.txn(compare, success, failure)
                 break
             except EtcdUnavailable as exc:
                 retry = expected is not None and attempt < WRITE_ATTEMPTS
@@ -368,7 +406,8 @@ class EtcdStore(Store):
         else:  # pragma: no cover - the loop either breaks or raises
             raise StoreError(f"{self.url}: no attempt left")
         if not result.succeeded:
-            raise Conflict(record_id, expected or 0, result.revision)
+            found = [kv.mod_revision for response in result.responses for kv in response.kvs]
+            raise Conflict(record_id, expected or 0, max(found, default=0))
         return result.revision
 
     async def put_member(self, name: str, value: bytes, lease: int) -> None:
@@ -388,6 +427,7 @@ class EtcdStore(Store):
         if self._document_users is None:
             return 0
         users = self._document_users()
+        seen = self._revision  # what `users` is as of (the feed is applied synchronously)
         now = time.monotonic()
         revision, kvs = await self.client.range(
             self._documents, prefix_end(self._documents), serializable=False
@@ -397,7 +437,6 @@ class EtcdStore(Store):
             if sha not in unused:
                 del self._unreferenced[sha]
         removed = 0
-        seen = self._revision
         for sha in unused:
             first = self._unreferenced.setdefault(sha, now)
             if now - first < grace:
@@ -405,7 +444,13 @@ class EtcdStore(Store):
             unchanged = Compare(
                 self._services, "mod_revision", "<", seen + 1, range_end=prefix_end(self._services)
             )
-            result = await self.client.txn([unchanged], [Op.delete(self._documents + sha.encode())])
+            # It moves the index like every registry commit, so a write that finds the
+            # document gone (a Conflict at the index) waits for the feed to say so; and
+            # only if the document is still there (another master may have swept it).
+            key = self._documents + sha.encode()
+            there = Compare(key, "version", ">", 0)
+            delete = [Op.delete(key), Op.put(self._index_key, b"")]
+            result = await self.client.txn([unchanged, there], delete)
             if result.succeeded:
                 removed += 1
                 self._unreferenced.pop(sha, None)

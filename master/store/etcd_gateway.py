@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
@@ -515,12 +515,15 @@ class EtcdClient:
         *,
         progress_notify: bool = True,
         idle_timeout: float = IDLE_TIMEOUT,
+        on_created: Callable[[], None] | None = None,
     ) -> AsyncIterator[WatchBatch]:
         """Changes to [key, range_end) from `start_revision` (0: from now), in revision
         order, over one streamed POST. Ends only by an exception: Compacted (list again),
-        EtcdUnavailable (no leader, stream broken or ended; WatchIdle after `idle_timeout`
-        of silence): resume from the last batch's `next_revision`. Use it under
-        `contextlib.aclosing` so leaving the loop closes the connection at once."""
+        EtcdUnavailable (no leader, stream broken or ended, no acknowledgement within the
+        timeout; WatchIdle after `idle_timeout` of silence once created): resume from the
+        last batch's `next_revision`. `on_created` is called when etcd acknowledges the
+        watch (it is then following). Use it under `contextlib.aclosing` so leaving the
+        loop closes the connection at once."""
         create = {**_key_range(key, range_end), "progress_notify": progress_notify}
         if start_revision:
             create["start_revision"] = str(start_revision)
@@ -528,13 +531,21 @@ class EtcdClient:
         lines, created = LineBuffer(), False
         try:
             while True:
-                chunk = await self._read(
-                    response, endpoint, idle_timeout if created else self.timeout
-                )
+                try:
+                    chunk = await self._read(
+                        response, endpoint, idle_timeout if created else self.timeout
+                    )
+                except WatchIdle as exc:
+                    if created:
+                        raise
+                    # not a quiet stream: etcd never acknowledged the watch
+                    raise EtcdUnavailable(f"{endpoint}: watch not acknowledged: {exc}") from None
                 for line in lines.feed(chunk) if chunk else lines.end():
                     result = self._watch_result(endpoint, line)
                     if result.created and not result.events:
                         created = True  # the acknowledgement, not a change
+                        if on_created is not None:
+                            on_created()
                         continue
                     events = tuple(
                         Event("delete" if e.type == "DELETE" else "put", e.kv)
