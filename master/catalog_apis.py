@@ -45,6 +45,7 @@ DIFF_MAX_BYTES: Final = 4 << 20  # a larger document is listed, not compared
 SURFACES_MAX: Final = 64  # documents whose surface is kept
 DIFFS_MAX: Final = 256  # diffs kept
 CHANGES_MAX: Final = 200  # changes listed per diff (the rest counted in changes_left_off)
+FIELDS_MAX: Final = 256  # a request body's required fields read per schema
 TEXT_MAX: Final = 200
 REF_DEPTH_MAX: Final = 16
 SUMMARY_CHANGES: Final = 3  # breaking changes the summary names
@@ -61,7 +62,13 @@ def safe_text(value: object, limit: int = TEXT_MAX) -> str:
     character that is not printable as a visible `\\u....` escape, at most `limit` long."""
     if value is None:
         return ""
-    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = msgspec.json.encode(value).decode()
+        except RecursionError:  # a value nested past what can be encoded
+            text = "…"
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     if not text.isprintable():
@@ -110,7 +117,7 @@ def _head(body: bytes) -> tuple[str, str]:
     """title and version, read without building the rest of the document."""
     try:
         info = _HEAD.decode(body).info
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return "", ""
     if not isinstance(info, dict):
         return "", ""
@@ -140,48 +147,76 @@ def _size(count: int) -> str:
     return f"{count / 1024:.1f} KiB".replace(".0 ", " ")
 
 
-def _resolve(root: dict[str, Any], node: Any) -> Any:
-    """`node` with local `$ref`s followed (`#/components/...`); an external or broken one
-    is left as it is."""
-    for _ in range(REF_DEPTH_MAX):
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref")
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            return node
-        target: Any = root
+class _Refs:
+    """A document's local `$ref`s (`#/components/...`), each pointer walked once: a
+    document naming one long pointer from thousands of places costs its length once, not
+    thousands of times (minutes of a blocked loop, for a document of 2 MiB)."""
+
+    __slots__ = ("memo", "root", "targets")
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self.targets: dict[str, Any] = {}
+        # what was read of one node (a schema or a request body named from thousands of
+        # operations is read once): (what, id) -> (the node, kept alive, what it gave)
+        self.memo: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def resolve(self, node: Any) -> Any:
+        """`node` with local `$ref`s followed; an external or broken one is left as it
+        is, a chain longer than REF_DEPTH_MAX (a cycle) is nothing."""
+        for _ in range(REF_DEPTH_MAX):
+            if not isinstance(node, dict):
+                return node
+            ref = node.get("$ref")
+            if not isinstance(ref, str) or not ref.startswith("#/"):
+                return node
+            target = self.targets.get(ref, self)  # self: not walked yet
+            if target is self:
+                target = self.targets[ref] = self._walk(ref)
+            node = target
+        return {}
+
+    def _walk(self, ref: str) -> Any:
+        target: Any = self.root
         for part in ref[2:].split("/"):
             part = part.replace("~1", "/").replace("~0", "~")
             if isinstance(target, dict) and part in target:
                 target = target[part]
-            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            elif isinstance(target, list) and _is_index(part, len(target)):
                 target = target[int(part)]
             else:
                 return {}
-        node = target
-    return {}
+        return target
+
+
+def _is_index(part: str, length: int) -> bool:
+    """Whether a JSON pointer token is an index into a list this long: ASCII digits
+    only (`²` is a digit to `isdigit` but no number to `int`), and not so many of them
+    that `int` refuses to read them."""
+    return part.isascii() and part.isdigit() and len(part) <= 18 and int(part) < length
 
 
 def _operations(root: dict[str, Any]) -> dict[str, Operation]:
     paths = root.get("paths")
+    refs = _Refs(root)
     operations: dict[str, Operation] = {}
     if not isinstance(paths, dict):
         return operations
     for path, item in paths.items():
-        item = _resolve(root, item)
+        item = refs.resolve(item)
         if not isinstance(path, str) or not isinstance(item, dict):
             continue
-        shared = _parameters(root, item.get("parameters"))
+        shared = _parameters(refs, item.get("parameters"))
         for method in METHODS:
-            operation = _resolve(root, item.get(method))
+            operation = refs.resolve(item.get(method))
             if not isinstance(operation, dict):
                 continue
             label = f"{method.upper()} {safe_text(path)}"
             key = f"{method.upper()} {_TEMPLATE_RE.sub('{}', path)}"
-            own = _parameters(root, operation.get("parameters"))
+            own = _parameters(refs, operation.get("parameters"))
             parameters = {**shared, **own}
             body = parameters.pop(("body", ""), None)  # Swagger 2's body parameter
-            fields, has_body, required = _body(root, operation.get("requestBody"))
+            fields, has_body, required = _body(refs, operation.get("requestBody"))
             if body is not None:
                 fields, has_body, required = body[1], True, body[0]
             operations[key] = Operation(
@@ -194,7 +229,7 @@ def _operations(root: dict[str, Any]) -> dict[str, Operation]:
     return operations
 
 
-def _parameters(root: dict[str, Any], items: Any) -> dict[tuple[str, str], Any]:
+def _parameters(refs: _Refs, items: Any) -> dict[tuple[str, str], Any]:
     """(in, name) -> (required, required body fields), path parameters left out (a path
     template's names are no client's concern: `/items/{id}` is `/items/{item}`);
     Swagger 2's body parameter goes under ("body", "")."""
@@ -202,7 +237,7 @@ def _parameters(root: dict[str, Any], items: Any) -> dict[tuple[str, str], Any]:
     if not isinstance(items, list):
         return found
     for item in items:
-        item = _resolve(root, item)
+        item = refs.resolve(item)
         if not isinstance(item, dict):
             continue
         where, name = item.get("in"), item.get("name")
@@ -210,17 +245,25 @@ def _parameters(root: dict[str, Any], items: Any) -> dict[tuple[str, str], Any]:
             continue
         required = bool(item.get("required"))
         if where == "body":
-            found[("body", "")] = (required, _required_fields(root, item.get("schema")))
+            found[("body", "")] = (required, _required_fields(refs, item.get("schema")))
         elif where != "path":  # path parameters are the path's: compared with it
             found[(where, name)] = (required, frozenset())
     return found
 
 
-def _body(root: dict[str, Any], body: Any) -> tuple[frozenset[str], bool, bool]:
+def _body(refs: _Refs, body: Any) -> tuple[frozenset[str], bool, bool]:
     """(required fields, has a body, body required) of an OpenAPI 3 requestBody."""
-    body = _resolve(root, body)
+    body = refs.resolve(body)
     if not isinstance(body, dict):
         return frozenset(), False, False
+    found = refs.memo.get(("body", id(body)))
+    if found is None:
+        found = refs.memo[("body", id(body))] = (body, _read_body(refs, body))
+    result: tuple[frozenset[str], bool, bool] = found[1]
+    return result
+
+
+def _read_body(refs: _Refs, body: dict[str, Any]) -> tuple[frozenset[str], bool, bool]:
     content = body.get("content")
     schema: Any = None
     if isinstance(content, dict) and content:
@@ -229,97 +272,172 @@ def _body(root: dict[str, Any], body: Any) -> tuple[frozenset[str], bool, bool]:
         chosen = (json_kinds or kinds)[:1]
         media = content.get(chosen[0]) if chosen else None
         schema = media.get("schema") if isinstance(media, dict) else None
-    return _required_fields(root, schema), True, bool(body.get("required"))
+    return _required_fields(refs, schema), True, bool(body.get("required"))
 
 
-def _required_fields(root: dict[str, Any], schema: Any) -> frozenset[str]:
-    schema = _resolve(root, schema)
+def _required_fields(refs: _Refs, schema: Any) -> frozenset[str]:
+    schema = refs.resolve(schema)
     if not isinstance(schema, dict):
         return frozenset()
+    found = refs.memo.get(("fields", id(schema)))
+    if found is None:
+        found = refs.memo[("fields", id(schema))] = (schema, _read_fields(refs, schema))
+    result: frozenset[str] = found[1]
+    return result
+
+
+def _read_fields(refs: _Refs, schema: dict[str, Any]) -> frozenset[str]:
     names: set[str] = set()
     parts = [schema]
     all_of = schema.get("allOf")
     if isinstance(all_of, list):
-        parts += [_resolve(root, part) for part in all_of[:32]]
+        parts += [refs.resolve(part) for part in all_of[:32]]
     for part in parts:
         required = part.get("required") if isinstance(part, dict) else None
         if isinstance(required, list):
-            names.update(safe_text(n) for n in required if isinstance(n, str))
-    return frozenset(names)
+            names.update(safe_text(n) for n in required[:FIELDS_MAX] if isinstance(n, str))
+        if len(names) >= FIELDS_MAX:
+            break
+    return frozenset(sorted(names)[:FIELDS_MAX])
 
 
 # --- the diff ------------------------------------------------------------------------------
 
 
-def _change(kind: str, operation: str, text: str, breaking: bool, **more: Any) -> dict[str, Any]:
-    return {"kind": kind, "operation": operation, "text": text, "breaking": breaking, **more}
+@dataclass(frozen=True)
+class Diff:
+    """What changed between two documents: the first CHANGES_MAX changes, breaking ones
+    first, and how many there are (a diff of thousands of operations is counted, not
+    built: each change listed costs a dict)."""
+
+    changes: list[dict[str, Any]]
+    breaking: int
+    total: int
 
 
-def diff(old: Surface, new: Surface) -> list[dict[str, Any]]:
+class _Changes:
+    """Changes as they are found, in order: the breaking ones and the others apart, each
+    kept up to CHANGES_MAX (what the answer lists), all of them counted."""
+
+    def __init__(self) -> None:
+        self.breaking: list[dict[str, Any]] = []
+        self.other: list[dict[str, Any]] = []
+        self.breaking_count = 0
+        self.total = 0
+        # a pair of required-field sets compared once, however many operations share it
+        self.fields: dict[tuple[int, int], tuple[Any, Any, list[str], list[str]]] = {}
+
+    def room(self, breaking: bool) -> int:
+        return CHANGES_MAX - len(self.breaking if breaking else self.other)
+
+    def add(self, kind: str, operation: str, text: str, breaking: bool, **more: Any) -> None:
+        self.count(breaking, 1)
+        if self.room(breaking) > 0:
+            kept = self.breaking if breaking else self.other
+            kept.append(
+                {"kind": kind, "operation": operation, "text": text, "breaking": breaking, **more}
+            )
+
+    def count(self, breaking: bool, count: int) -> None:
+        self.total += count
+        if breaking:
+            self.breaking_count += count
+
+    def field_diff(self, old: frozenset[str], new: frozenset[str]) -> tuple[list[str], list[str]]:
+        """(now required, no longer required), sorted."""
+        key = (id(old), id(new))
+        found = self.fields.get(key)
+        if found is None:
+            found = self.fields[key] = (old, new, sorted(new - old), sorted(old - new))
+        return found[2], found[3]
+
+    def result(self) -> Diff:
+        changes = (self.breaking + self.other)[:CHANGES_MAX]
+        return Diff(changes, self.breaking_count, self.total)
+
+
+def diff(old: Surface, new: Surface) -> Diff:
     """What changed from `old` to `new`, breaking changes first, each group by operation."""
-    changes: list[dict[str, Any]] = []
+    changes = _Changes()
     for key in sorted(old.operations.keys() - new.operations.keys()):
         label = old.operations[key].label
-        changes.append(_change("operation_removed", label, f"{label} removed", True))
+        changes.add("operation_removed", label, f"{label} removed", True)
     for key in sorted(new.operations.keys() - old.operations.keys()):
         label = new.operations[key].label
-        changes.append(_change("operation_added", label, f"{label} added", False))
+        changes.add("operation_added", label, f"{label} added", False)
     for key in sorted(old.operations.keys() & new.operations.keys()):
-        changes += _operation_diff(old.operations[key], new.operations[key])
-    changes.sort(key=lambda c: not c["breaking"])  # stable: the order above stays
-    return changes
+        _operation_diff(old.operations[key], new.operations[key], changes)
+    return changes.result()
 
 
-def _operation_diff(old: Operation, new: Operation) -> list[dict[str, Any]]:
+def _operation_diff(old: Operation, new: Operation, changes: _Changes) -> None:
     label = new.label
-    changes: list[dict[str, Any]] = []
     for where, name in sorted(old.parameters.keys() - new.parameters.keys()):
         what = f"{where} parameter '{safe_text(name)}'"
-        changes.append(
-            _change("parameter_removed", label, f"{label}: {what} removed", True,
-                    parameter={"in": where, "name": safe_text(name)})
-        )  # fmt: skip
+        changes.add(
+            "parameter_removed",
+            label,
+            f"{label}: {what} removed",
+            True,
+            parameter={"in": where, "name": safe_text(name)},
+        )
     for where, name in sorted(new.parameters.keys() - old.parameters.keys()):
         required = new.parameters[(where, name)]
         what = f"{'required ' if required else ''}{where} parameter '{safe_text(name)}'"
-        changes.append(
-            _change("parameter_added", label, f"{label}: {what} added", required,
-                    parameter={"in": where, "name": safe_text(name)}, required=required)
-        )  # fmt: skip
+        changes.add(
+            "parameter_added",
+            label,
+            f"{label}: {what} added",
+            required,
+            parameter={"in": where, "name": safe_text(name)},
+            required=required,
+        )
     for where, name in sorted(old.parameters.keys() & new.parameters.keys()):
         before, after = old.parameters[(where, name)], new.parameters[(where, name)]
         if before == after:
             continue
         what = f"{where} parameter '{safe_text(name)}'"
         text = f"{label}: {what} {'now required' if after else 'no longer required'}"
-        changes.append(
-            _change("parameter_required_changed", label, text, after,
-                    parameter={"in": where, "name": safe_text(name)}, required=after)
-        )  # fmt: skip
+        changes.add(
+            "parameter_required_changed",
+            label,
+            text,
+            after,
+            parameter={"in": where, "name": safe_text(name)},
+            required=after,
+        )
     if new.body_required and not old.body_required:
-        changes.append(
-            _change("body_required_changed", label, f"{label}: request body now required",
-                    True, required=True)
-        )  # fmt: skip
+        changes.add(
+            "body_required_changed",
+            label,
+            f"{label}: request body now required",
+            True,
+            required=True,
+        )
     elif old.body_required and not new.body_required:
-        changes.append(
-            _change("body_required_changed", label, f"{label}: request body no longer required",
-                    False, required=False)
-        )  # fmt: skip
-    if old.has_body or new.has_body:
-        for name in sorted(new.body_fields - old.body_fields):
-            changes.append(
-                _change("body_field_required_changed", label,
-                        f"{label}: request body field '{name}' now required", True,
-                        field=name, required=True)
-            )  # fmt: skip
-        for name in sorted(old.body_fields - new.body_fields):
-            changes.append(
-                _change("body_field_required_changed", label,
-                        f"{label}: request body field '{name}' no longer required", False,
-                        field=name, required=False)
-            )  # fmt: skip
-    return changes
+        changes.add(
+            "body_required_changed",
+            label,
+            f"{label}: request body no longer required",
+            False,
+            required=False,
+        )
+    if not (old.has_body or new.has_body) or old.body_fields is new.body_fields:
+        return
+    now_required, not_required = changes.field_diff(old.body_fields, new.body_fields)
+    for names, breaking in ((now_required, True), (not_required, False)):
+        room = max(0, changes.room(breaking))
+        for name in names[:room]:
+            state = "now required" if breaking else "no longer required"
+            changes.add(
+                "body_field_required_changed",
+                label,
+                f"{label}: request body field '{name}' {state}",
+                breaking,
+                field=name,
+                required=breaking,
+            )
+        changes.count(breaking, max(0, len(names) - room))
 
 
 # --- the catalog -----------------------------------------------------------------------------
@@ -341,7 +459,7 @@ class ApiCatalog:
 
     def __init__(self) -> None:
         self._surfaces: OrderedDict[str, Surface] = OrderedDict()
-        self._diffs: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
+        self._diffs: OrderedDict[tuple[str, str], Diff] = OrderedDict()
 
     def surface(self, document: Document) -> Surface:
         found = self._surfaces.get(document.sha256)
@@ -353,7 +471,7 @@ class ApiCatalog:
             self._surfaces.move_to_end(document.sha256)
         return found
 
-    def diff(self, old: Document, new: Document) -> list[dict[str, Any]]:
+    def diff(self, old: Document, new: Document) -> Diff:
         key = (old.sha256, new.sha256)
         found = self._diffs.get(key)
         if found is None:
@@ -431,7 +549,8 @@ class ApiCatalog:
         self, old: Document, new: Document, surfaces: dict[str, Surface]
     ) -> dict[str, Any]:
         reason = surfaces[old.sha256].unreadable or surfaces[new.sha256].unreadable
-        changes = [] if reason else self.diff(old, new)
+        found = Diff([], 0, 0) if reason else self.diff(old, new)
+        changes = found.changes
         return {
             "from": old.sha256,
             "to": new.sha256,
@@ -439,9 +558,9 @@ class ApiCatalog:
             "to_version": surfaces[new.sha256].version,
             "compared": reason is None,
             "not_compared_because": reason,
-            "breaking": sum(1 for c in changes if c["breaking"]),
-            "changes": changes[:CHANGES_MAX],
-            "changes_left_off": max(0, len(changes) - CHANGES_MAX),
+            "breaking": found.breaking,
+            "changes": changes,
+            "changes_left_off": found.total - len(changes),
         }
 
 

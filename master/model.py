@@ -489,6 +489,8 @@ def _document_change(raw: Raw | UnsetType) -> OpenAPIChange:
         return None
     try:
         head = _HEAD_DECODER.decode(text)
+    except RecursionError:
+        raise _too_deep("openapi") from None
     except msgspec.ValidationError:
         kind = {ord("["): "a list", ord('"'): "a string"}.get(text[0], "not an object")
         raise FieldError("openapi", f"must be an object or null, got {kind}") from None
@@ -527,6 +529,8 @@ def decode_registration(
         raise explain(exc, body, RegistrationBody) from None
     except msgspec.DecodeError as exc:
         raise _bad_json(exc, body) from None
+    except RecursionError:  # an OpenAPI document nested past msgspec's depth limit
+        raise _too_deep() from None
     if parsed.id is UNSET:
         if path_id is None:
             raise FieldError("id", "is required", code="missing_field")
@@ -723,7 +727,11 @@ def loads_json(body: bytes | str) -> Any:
     except msgspec.ValidationError:  # an integer past 64 bits
         raise FieldError("", "invalid JSON: a number too large", "invalid_json") from None
     except RecursionError:
-        raise FieldError("", "invalid JSON: nested too deeply", "invalid_json") from None
+        raise _too_deep() from None
+
+
+def _too_deep(field: str = "") -> FieldError:
+    return FieldError(field, "invalid JSON: nested too deeply", "invalid_json")
 
 
 def decode_record(body: bytes) -> Record:

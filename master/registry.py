@@ -143,6 +143,13 @@ class Registry:
         self._by_status: dict[Status, set[str]] = {status: set() for status in Status}
         self._documents: dict[str, Document] = {}
         self._document_users: dict[str, int] = {}
+        # the documents writes in flight name, bring (sha -> its size) and drop, until the
+        # feed has applied them: a write decides what to drop and whether to send a
+        # document before it commits, and another id's write may commit in between (the
+        # SQLite queue, etcd), so those decisions count what is in flight too
+        self._naming: dict[str, int] = {}
+        self._incoming: dict[str, tuple[int, int]] = {}
+        self._dropping: dict[str, int] = {}
         # ids being written, each with the futures of writers waiting their turn
         self._busy: dict[str, list[asyncio.Future[None]]] = {}
         # records this master is writing, by id: (the bytes sent, the record they encode),
@@ -181,6 +188,8 @@ class Registry:
                 name = entry.record.name
                 self._name_index[name] = max(self._name_index.get(name, 0), entry.modified)
         self._names_touched.clear()
+        for sha in [s for s in self._documents if s not in self._document_users]:
+            del self._documents[sha]  # a document no record names: not held, nor counted
         self._index = snapshot.revision
         self._store.subscribe(self._apply)
         return len(self._entries)
@@ -275,6 +284,7 @@ class Registry:
             ids = sorted(self._entries) if key == ((), None, None) else self._query_ids(*key)
             body = self._wrap(b",".join([self._body(i) for i in ids]))
             answer = self._answers[key] = _Answer(self._index, self._version, now, body)
+            self._answers.move_to_end(key)  # rebuilt: the most recently asked, not the oldest
             self._answer_bytes += answer.size
             self._trim_answers(keep=key)
         else:
@@ -319,6 +329,14 @@ class Registry:
 
     def document_bytes(self) -> int:
         return sum(len(document.body) for document in self._documents.values())
+
+    def _held_document_bytes(self) -> int:
+        """What the documents held take, and those writes in flight bring (the cap's
+        count: concurrent PUTs of new documents must not each find the room free)."""
+        incoming = sum(
+            size for sha, (_, size) in self._incoming.items() if sha not in self._documents
+        )
+        return self.document_bytes() + incoming
 
     def instances(self, name: str) -> int:
         """How many records carry this service name."""
@@ -417,9 +435,12 @@ class Registry:
                 new_document: Document | None = None
                 if isinstance(openapi, Document):
                     digest: str | None = openapi.sha256
-                    if digest not in self._documents:
+                    if digest not in self._documents or digest in self._dropping:
+                        # (one a write in flight drops is sent again: that drop may
+                        # commit first)
                         new_document = openapi
-                        held = self.document_bytes() - sum(
+                    if digest not in self._documents and digest not in self._incoming:
+                        held = self._held_document_bytes() - sum(
                             len(self._documents[sha].body)
                             for sha in self._orphaned(old, digest)
                             if sha in self._documents
@@ -477,18 +498,23 @@ class Registry:
                     )
                     raise IdHeld(record_id, old.instance, instance)
                 answer = self._body(record_id)
+                drop = self._orphaned(old, None)
+                self._in_flight(None, None, drop, 1)
                 try:
-                    revision = await self._store.delete(
-                        record_id, drop=self._orphaned(old, None), expected=entry.modified
-                    )
-                except Conflict as exc:
-                    await self._caught_up(exc.revision)
-                    continue
-                except StoreError as exc:
-                    self.write_failure = (time.time(), str(exc))
-                    raise
-                self.write_failure = None
-                await self._caught_up(revision)
+                    try:
+                        revision = await self._store.delete(
+                            record_id, drop=drop, expected=entry.modified
+                        )
+                    except Conflict as exc:
+                        await self._caught_up(exc.revision)
+                        continue
+                    except StoreError as exc:
+                        self.write_failure = (time.time(), str(exc))
+                        raise
+                    self.write_failure = None
+                    await self._caught_up(revision)
+                finally:
+                    self._in_flight(None, None, drop, -1)
                 log.info(event, service_id=record_id, name=old.name)
                 return old, answer
             raise StoreError(f"{record_id}: other masters kept writing it; retry")
@@ -605,10 +631,10 @@ class Registry:
                 self._documents[sha] = Document(sha, body)
         for record_id, stored in change.records.items():
             self._apply_record(record_id, stored, change.revision, notify=True)
-            for name in self._names_touched:
-                self._name_index[name] = change.revision
-                self._wake_name(name)
-            self._names_touched.clear()
+        for name in self._names_touched:  # also those a reload removed (`whole`)
+            self._name_index[name] = change.revision
+            self._wake_name(name)
+        self._names_touched.clear()
         if change.revision > self._index:
             self._index = change.revision
             self.wake_all()
@@ -681,34 +707,69 @@ class Registry:
         to apply it. The JSON is encoded once, for the store and every later answer."""
         old = entry.record if entry is not None else None
         body = encode(new)
-        self._own[new.id] = (body, new)
+        sha = new.openapi_sha256
+        drop = self._orphaned(old, sha)
+        self._in_flight(sha, document, drop, 1)
         try:
-            names = new.openapi_sha256 if document is None else None
-            revision = await self._store.put(
-                new.id,
-                body,
-                document,
-                drop=self._orphaned(old, new.openapi_sha256),
-                expected=entry.modified if entry is not None else 0,
-                names=names,
-            )
-        except Conflict:
-            raise
-        except StoreError as exc:
-            self.write_failure = (time.time(), str(exc))
-            raise
-        else:
-            self.write_failure = None
+            self._own[new.id] = (body, new)
+            try:
+                names = sha if document is None else None
+                revision = await self._store.put(
+                    new.id,
+                    body,
+                    document,
+                    drop=drop,
+                    expected=entry.modified if entry is not None else 0,
+                    names=names,
+                )
+            except Conflict:
+                raise
+            except StoreError as exc:
+                self.write_failure = (time.time(), str(exc))
+                raise
+            else:
+                self.write_failure = None
+            finally:
+                self._own.pop(new.id, None)
+            await self._caught_up(revision)
         finally:
-            self._own.pop(new.id, None)
-        await self._caught_up(revision)
+            self._in_flight(sha, document, drop, -1)
 
     def _orphaned(self, old: Record | None, digest: str | None) -> tuple[str, ...]:
-        """The document `old` held that nobody holds once it holds `digest` instead."""
+        """The document `old` held that nobody holds once it holds `digest` instead (nor
+        a write in flight names)."""
         sha = old.openapi_sha256 if old is not None else None
-        if sha is None or sha == digest or self._document_users.get(sha, 0) > 1:
+        if (
+            sha is None
+            or sha == digest
+            or self._document_users.get(sha, 0) > 1
+            or self._naming.get(sha)
+        ):
             return ()
         return (sha,)
+
+    def _in_flight(
+        self, sha: str | None, document: Document | None, drop: tuple[str, ...], step: int
+    ) -> None:
+        """Count a write's documents in (step 1) or out (-1) of flight. Out, a document
+        no record names and no write in flight brings is let go of (its write failed)."""
+        if sha is not None:
+            _count(self._naming, sha, step)
+        if document is not None:
+            count, size = self._incoming.get(document.sha256, (0, len(document.body)))
+            if count + step:
+                self._incoming[document.sha256] = (count + step, size)
+            else:
+                del self._incoming[document.sha256]
+        for dropped in drop:
+            _count(self._dropping, dropped, step)
+        if (
+            step < 0
+            and sha is not None
+            and not self._naming.get(sha)
+            and not self._document_users.get(sha)
+        ):
+            self._documents.pop(sha, None)
 
     def _claim(self, record_id: str) -> asyncio.Future[None] | None:
         """Take the id for one write; None when it was free (nearly always: no future, no
@@ -802,7 +863,8 @@ class Registry:
                 self._document_users[old_sha] = users
             else:
                 del self._document_users[old_sha]
-                self._documents.pop(old_sha, None)
+                if not self._naming.get(old_sha):  # else a write in flight will name it
+                    self._documents.pop(old_sha, None)
 
 
 def _answer(stored: bytes, created: int, modified: int) -> bytes:
@@ -811,6 +873,14 @@ def _answer(stored: bytes, created: int, modified: int) -> bytes:
     ModifyIndex), which the stored bytes cannot hold (known only once committed)."""
     head = without_history(stored)[:-1]
     return b'%s,"create_index":%d,"modify_index":%d}' % (head, created, modified)
+
+
+def _count(counts: dict[str, int], key: str, step: int) -> None:
+    count = counts.get(key, 0) + step
+    if count:
+        counts[key] = count
+    else:
+        counts.pop(key, None)
 
 
 def _discard(index: dict[str, set[str]], key: str, record_id: str) -> None:

@@ -296,3 +296,81 @@ def test_versions_order_as_releases_do() -> None:
     assert all(k is not None for k in keys)
     assert sorted(ordered, key=lambda v: version_key(v)) == ordered  # type: ignore[arg-type, return-value]
     assert version_key("latest") is None and version_key("") is None
+
+
+@pytest.mark.parametrize("token", ["\u00b2", "1" * 5000, "-1", "99999999999999999999"])
+async def test_a_ref_into_a_list_with_an_odd_index_is_no_crash(client: Client, token: str) -> None:
+    """`²` is a digit to `str.isdigit` but no number to `int`; 5000 digits are past what
+    `int` reads: either once made the catalog answer 500."""
+    odd = items("2.0.0")
+    odd["x-shared"] = [{"name": "q", "in": "query"}]
+    odd["paths"]["/items"]["get"]["parameters"].append({"$ref": f"#/x-shared/{token}"})
+    await put(client, "r-1", "r", items("1.0.0"))
+    await put(client, "r-2", "r", odd)
+    found = await entry(client, "r")
+    assert [d["compared"] for d in found["diffs"]] == [True]
+
+
+def test_a_document_nested_past_any_limit_is_listed_not_a_crash() -> None:
+    from master.catalog_apis import surface
+    from master.model import Document
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = b'{"openapi":"3.0.3","info":{"title":' + deep + b',"version":"1"},"paths":{}}'
+    found = surface(Document.of(body))  # held by the store, however it got there
+    assert found.unreadable is not None and found.operations == {}
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert safe_text(nested) == "…"
+
+
+def hostile(version: str, paths: dict[str, Any], **components: Any) -> bytes:
+    from master.model import canonical_document
+
+    info = {"title": "hostile", "version": version}
+    document = {"openapi": "3.0.3", "info": info, "components": components, "paths": paths}
+    return canonical_document(document)
+
+
+def test_a_long_pointer_named_from_thousands_of_places_is_walked_once() -> None:
+    """Each `$ref` once split its whole pointer: 2 MiB of document blocked the loop (and
+    every health check) for a minute and a half."""
+    import time
+
+    from master.catalog_apis import surface
+    from master.model import Document
+
+    pointer = "#/" + "/".join(["a"] * 200_000)
+    parameter = {"$ref": "#/components/parameters/p"}
+    paths = {f"/p{i}": {"get": {"parameters": [parameter] * 5}} for i in range(2000)}
+    body = hostile("1", paths, parameters={"p": {"$ref": pointer}})
+    started = time.perf_counter()
+    found = surface(Document.of(body))
+    assert time.perf_counter() - started < 2.0
+    assert len(found.operations) == 2000 and found.unreadable is None
+
+
+def test_a_body_shared_by_many_operations_is_read_once_and_its_diff_counted() -> None:
+    """A request body named from every operation was read again for each (a set of its
+    required fields each), and each changed field of each operation built a change, all
+    but 200 of them thrown away: a 3 MiB document took the master's memory."""
+    from master.catalog_apis import ApiCatalog
+    from master.model import Document
+
+    def version(prefix: str, number: str) -> Document:
+        required = [f"{prefix}{n}" for n in range(100)]
+        schema = {"application/json": {"schema": {"required": required}}}
+        body = {"$ref": "#/components/requestBodies/b"}
+        paths = {f"/p{i}": {"post": {"requestBody": body}} for i in range(1000)}
+        return Document.of(hostile(number, paths, requestBodies={"b": {"content": schema}}))
+
+    old, new = version("a", "1.0.0"), version("b", "2.0.0")
+    catalog = ApiCatalog()
+    operations = list(catalog.surface(old).operations.values())
+    assert len({id(o.body_fields) for o in operations}) == 1  # one set, shared
+    found = catalog.diff(old, new)
+    assert found.total == 1000 * 200 and found.breaking == 1000 * 100
+    assert len(found.changes) == catalog_apis.CHANGES_MAX
+    assert all(c["breaking"] for c in found.changes)
+    assert found.changes[0]["text"] == "POST /p0: request body field 'b0' now required"

@@ -89,3 +89,12 @@ def test_the_json_schema_is_read_off_the_types() -> None:
     interval = schemas["CheckSpec"]["properties"]["interval"]
     assert interval["description"] == "1s..1h" and interval["default"] == "10s"
     assert schemas["RegistrationBody"]["additionalProperties"] is False
+
+
+def test_a_document_nested_too_deeply_is_refused_not_a_crash() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = json.dumps(BASE).encode()[:-1] + b',"openapi":{"openapi":"3.0.3","x":' + deep + b"}}"
+    with pytest.raises(FieldError) as caught:
+        decode_registration(body)
+    assert caught.value.code == "invalid_json"
+    assert "nested too deeply" in caught.value.message

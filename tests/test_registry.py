@@ -302,3 +302,113 @@ async def test_draining_is_a_status_checks_do_not_undo(registry: Registry) -> No
     await registry.record_check("web-1", url, Status.PASSING, CheckResult(Status.PASSING, "", 1))
     assert registry.get("web-1").status is Status.DRAINING  # type: ignore[union-attr]
     assert [r.id for r in registry.query(status=Status.PASSING)] == []
+
+
+# --- documents and writes in flight (a store that commits later: SQLite's queue) ----------
+
+
+@pytest.fixture
+async def sqlite_registry(tmp_path: Any) -> AsyncIterator[Registry]:
+    from master.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "r.db", "sqlite:///r.db")
+    registry = Registry(store, max_document_bytes=4096)
+    await registry.load()
+    yield registry
+    registry.close()
+    await store.close()
+
+
+@pytest.mark.parametrize("first", ["drop", "name"])
+async def test_a_document_dropped_while_another_write_names_it_is_kept(
+    sqlite_registry: Registry, first: str
+) -> None:
+    """A replica registers with the document another one lets go of at the same moment
+    (a rolling restart): the document must stay, in memory and in the store."""
+    shared = document()
+    await sqlite_registry.put(registration("web-1"), shared)
+    drop = sqlite_registry.delete("web-1")
+    name = sqlite_registry.put(registration("web-2"), shared)
+    await asyncio.gather(*((drop, name) if first == "drop" else (name, drop)))
+    record = sqlite_registry.get("web-2")
+    assert record is not None and record.openapi_sha256 == shared.sha256
+    assert sqlite_registry.document(shared.sha256) == shared
+    stored = await sqlite_registry._store.open()
+    assert shared.sha256 in stored.documents  # still there after a restart
+
+
+async def test_concurrent_new_documents_respect_the_cap(sqlite_registry: Registry) -> None:
+    docs = [document(info={"title": "x" * 1500, "version": str(n)}) for n in range(4)]
+    assert all(1500 < len(d.body) < 2048 for d in docs)
+    results = await asyncio.gather(
+        *(sqlite_registry.put(registration(f"web-{n}"), d) for n, d in enumerate(docs)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, DocumentsFull) for r in results) == 2
+    assert sqlite_registry.document_bytes() <= sqlite_registry.max_document_bytes
+
+
+async def test_the_same_new_document_in_flight_twice_counts_once(
+    sqlite_registry: Registry,
+) -> None:
+    big = document(info={"title": "x" * 2500, "version": "1"})
+    await asyncio.gather(*(sqlite_registry.put(registration(f"web-{n}"), big) for n in range(3)))
+    assert sqlite_registry.document_bytes() == len(big.body)
+    assert sqlite_registry._incoming == {} and sqlite_registry._naming == {}
+
+
+async def test_a_reload_that_removes_a_name_wakes_its_watchers(registry: Registry) -> None:
+    from master.store.base import Change
+
+    await registry.put(registration("web-1"), KEEP)
+    index = registry.name_index("web")
+    waiter = asyncio.create_task(registry.wait_name("web", index, 5.0))
+    await asyncio.sleep(0.01)
+    registry._apply(Change(registry.index + 1, {}, {}, whole=True))  # the store is empty now
+    assert registry.get("web-1") is None
+    assert await asyncio.wait_for(waiter, 1.0) == index + 1
+    assert registry.name_index("web") == index + 1
+
+
+async def test_a_rebuilt_answer_is_the_most_recently_asked(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from master import registry as module
+
+    for n in range(3):
+        await registry.put(registration(f"web-{n}", tags=(f"t{n}",)), KEEP)
+    one = len(registry.listing(tags=["t0"])[0])
+    monkeypatch.setattr(module, "ANSWER_BYTES_MAX", 2 * one + 10)
+    registry.listing(tags=["t1"])
+    await registry.put(registration("web-9", tags=("t9",)), KEEP)  # the index moves
+    registry.listing(tags=["t0"])  # rebuilt: now the newest
+    registry.listing(tags=["t2"])  # over the bound: the least recently asked (t1) goes
+    assert list(registry._answers) == [(("t0",), None, None), (("t2",), None, None)]
+    assert registry._answer_bytes <= module.ANSWER_BYTES_MAX
+
+
+async def test_a_stored_document_no_record_names_is_not_held_at_load(tmp_path: Any) -> None:
+    """Two records leaving one document at once each see the other still naming it, so
+    neither drops it from the store: at the next start it must not count against the cap."""
+    from master.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "r.db", "sqlite:///r.db")
+    registry = Registry(store)
+    await registry.load()
+    shared, kept = document(), document(info={"title": "kept", "version": "1"})
+    await registry.put(registration("web-1"), shared)
+    await registry.put(registration("web-2"), shared)
+    await registry.put(registration("web-3"), kept)
+    await asyncio.gather(registry.delete("web-1"), registry.delete("web-2"))
+    registry.close()
+    await store.close()
+    store = SQLiteStore(tmp_path / "r.db", "sqlite:///r.db")
+    again = Registry(store)
+    await again.load()
+    try:
+        assert again.document(shared.sha256) is None
+        assert again.document(kept.sha256) == kept
+        assert again.document_bytes() == len(kept.body)
+    finally:
+        again.close()
+        await store.close()
