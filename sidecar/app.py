@@ -53,6 +53,7 @@ EXIT_FAILED: Final = 1
 WATCH_STOP: Final = (0.25, 0.1)
 LOOP_STOP: Final = (0.5, 0.1)  # cancels a PUT in flight: nothing re-registers after this
 DEREGISTER: Final = (3.0, 1.0)
+DRAIN_STOP: Final = (0.2, 0.1)  # a drain cut short: cancelled before the session closes
 DISCOVERY_STOP: Final = (0.2, 0.1)  # answers its waiting clients, stops its watchers
 SERVE_STOP: Final = (0.6, 0.1)
 SERVE_SHUTDOWN_TIMEOUT: Final = 0.4  # for a /health in flight, within SERVE_STOP
@@ -155,6 +156,7 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
         return DEREGISTER[0] + grace, DEREGISTER[1]
 
     sync.hurry = owner.signals.hurry
+    owner.on_stop("stop_drain", sync.stop_drain, DRAIN_STOP)  # after "deregister", if cut
     owner.on_stop("deregister", deregister, deregister_bounds)  # once the loop has stopped
     owner.start_task("sync", sync.run(), LOOP_STOP)
     owner.start_task("watch", watcher.run(), WATCH_STOP)

@@ -340,6 +340,16 @@ class SyncLoop:
             self._leaving = asyncio.create_task(self._leave(), name="sidecar-drain")
         return await asyncio.shield(self._leaving)
 
+    async def stop_drain(self) -> None:
+        """The owner's, after its deregister step: a drain that step cut short (its bound,
+        a second signal) ends here, before the session it uses is closed. The drain is
+        shielded from whoever waits on it (/drain, the step), so only this ends it."""
+        task = self._leaving
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _leave(self) -> bool:
         config = self.desired.config
         grace = config.sidecar.drain_grace
