@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ HOW_TO_RUN = (
     "run `make cluster-demo`, or .venv/bin/python deploy/cluster_demo.py after `make demo` once"
 )
 try:
-    import psutil
+    from demokit import Stop, exit_text, holder, port_is_taken, say, show, tail
 except ImportError as exc:  # a python without the project's dependencies
     sys.exit(f"cluster demo: {exc.name} is not installed for {sys.executable}; {HOW_TO_RUN}")
 
@@ -93,10 +92,6 @@ HTTP_TIMEOUT = 2.0
 stop_requested: list[str] = []  # names of the stop signals received (the handler appends)
 
 
-class Stop(Exception):
-    """Ctrl-C or SIGTERM arrived."""
-
-
 class ChildFailed(Exception):
     """A child the demo cannot go on without has exited (or does not answer)."""
 
@@ -135,51 +130,6 @@ class Paths:
 # --- output ------------------------------------------------------------------------------
 
 
-def show(path: Path) -> str:
-    """A path as the user would type it: relative to where they are, when it is inside."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def readable(line: str) -> str:
-    """A JSON log line as `level event key=value ...`; other lines as they are."""
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(event, dict) or "event" not in event:
-        return line
-    rest = " ".join(
-        f"{key}={value}"
-        for key, value in event.items()
-        if key not in ("event", "level", "timestamp")
-    )
-    return f"{event.get('level', '')} {event['event']} {rest}".strip()
-
-
-def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [readable(line)[:300] for line in text.splitlines()[-lines:]]
-
-
 def log_events(path: Path) -> Iterator[dict[str, Any]]:
     try:
         text = path.read_text(errors="replace")
@@ -199,31 +149,6 @@ def master_label(port: int) -> str:
 
 
 # --- ports -------------------------------------------------------------------------------
-
-
-def port_is_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the servers themselves bind: a connection left in TIME_WAIT is no obstacle.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def holder(port: int) -> str:
-    """Who listens on `port`, when the system tells us (best effort: it may need root)."""
-    try:
-        for conn in psutil.net_connections("tcp"):
-            address = conn.laddr  # an empty tuple for a socket with no address
-            listening = conn.status == psutil.CONN_LISTEN and isinstance(address, tuple)
-            if listening and address and address[1] == port and conn.pid:
-                command = " ".join(" ".join(psutil.Process(conn.pid).cmdline()).split())
-                return f"pid {conn.pid}: {command[:60]}" + ("…" if len(command) > 60 else "")
-    except (psutil.Error, OSError):
-        pass
-    return ""
 
 
 def needed_ports() -> Iterator[tuple[int, str]]:
@@ -938,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         say(f"\ncluster demo: {child.name} (pid {child.proc.pid}): {state}; the end of")
         say(f"{show(child.log)}:")
-        for line in tail(child.log):
+        for line in tail(child.log, LOG_TAIL, width=300):
             say(f"  | {line}")
         say("stopping the rest…")
     finally:

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,8 +31,8 @@ from typing import Any
 
 HOW_TO_RUN = "run `make demo`, or .venv/bin/python deploy/demo.py after `make demo` once"
 try:
-    import psutil
     import yaml
+    from demokit import Stop, exit_text, holder, port_is_taken, say, show, tail
 except ImportError as exc:  # a python without the project's dependencies
     sys.exit(f"demo: {exc.name} is not installed for {sys.executable}; {HOW_TO_RUN}")
 
@@ -56,10 +55,6 @@ TICK = 0.2  # how often the demo looks at its children and at the stop flag
 # Names of the stop signals received. The handler only appends here: the main loop polls
 # it, so a signal never interrupts a half-done start or stop.
 stop_requested: list[str] = []
-
-
-class Stop(Exception):
-    """Ctrl-C or SIGTERM arrived."""
 
 
 class ChildFailed(Exception):
@@ -97,51 +92,6 @@ class Child:
 
 
 # --- output ------------------------------------------------------------------------------
-
-
-def show(path: Path) -> str:
-    """A path as the user would type it: relative to where they are, when it is inside."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def readable(line: str) -> str:
-    """A JSON log line as `level event key=value ...`; other lines as they are."""
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(event, dict) or "event" not in event:
-        return line
-    rest = " ".join(
-        f"{key}={value}"
-        for key, value in event.items()
-        if key not in ("event", "level", "timestamp")
-    )
-    return f"{event.get('level', '')} {event['event']} {rest}".strip()
-
-
-def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [readable(line) for line in text.splitlines()[-lines:]]
 
 
 def table(services: list[dict[str, Any]]) -> str:
@@ -200,31 +150,6 @@ def plan(work: Path, node: str | None) -> list[Service]:
     api.env = {"HOST": HOST}
     api.about = f"node {show(NODE_SERVER)} {api.port}"
     return [site, api]
-
-
-def port_is_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the servers themselves bind: a connection left in TIME_WAIT is no obstacle.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def holder(port: int) -> str:
-    """Who listens on `port`, when the system tells us (best effort: it may need root)."""
-    try:
-        for conn in psutil.net_connections("tcp"):
-            address = conn.laddr  # an empty tuple for a socket with no address
-            listening = conn.status == psutil.CONN_LISTEN and isinstance(address, tuple)
-            if listening and address and address[1] == port and conn.pid:
-                command = " ".join(" ".join(psutil.Process(conn.pid).cmdline()).split())
-                return f"pid {conn.pid}: {command[:60]}" + ("…" if len(command) > 60 else "")
-    except (psutil.Error, OSError):
-        pass
-    return ""
 
 
 def ports(services: list[Service]) -> Iterator[tuple[int, str]]:
@@ -512,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         exited = child.proc.poll()
         state = "is not answering" if exited is None else f"exited ({exit_text(exited)})"
         say(f"\ndemo: {child.name} (pid {child.proc.pid}) {state}; the end of {show(child.log)}:")
-        for line in tail(child.log):
+        for line in tail(child.log, LOG_TAIL):
             say(f"  | {line}")
         say("stopping the rest…")
     finally:

@@ -41,6 +41,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def load_demo() -> ModuleType:
     """The demo as a module, for its port list and names: one source of truth."""
+    if str(DEMO.parent) not in sys.path:  # as when run: its directory first (demokit)
+        sys.path.insert(0, str(DEMO.parent))
     spec = importlib.util.spec_from_file_location("cluster_demo", DEMO)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
