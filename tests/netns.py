@@ -25,8 +25,9 @@ IP_TIMEOUT: Final = 10.0
 HTTP_TIMEOUT: Final = 3.0
 CLEANUP_TIMEOUT: Final = 5.0
 
-# Runs inside a namespace; http.client, not urllib, so no proxy from the environment applies.
-_HTTP_SCRIPT: Final = """
+# Runs inside a namespace (and a container: tests.podman_fixture); http.client, not urllib,
+# so no proxy from the environment applies.
+HTTP_SCRIPT: Final = """
 import http.client, json, sys
 method, host, port, path, timeout = sys.argv[1:6]
 conn = http.client.HTTPConnection(host, int(port), timeout=float(timeout))
@@ -128,7 +129,7 @@ def ns_http(
     if parts.hostname != "127.0.0.1" or parts.port is None:
         raise ValueError(f"ns_http only talks to 127.0.0.1:PORT inside a namespace, not {url}")
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    argv = [sys.executable, "-I", "-S", "-c", _HTTP_SCRIPT, method, "127.0.0.1"]
+    argv = [sys.executable, "-I", "-S", "-c", HTTP_SCRIPT, method, "127.0.0.1"]
     done = subprocess.run(
         spaces.exec_argv(ns, [*argv, str(parts.port), path or "/", str(timeout)]),
         capture_output=True,

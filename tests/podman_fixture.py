@@ -31,6 +31,7 @@ from typing import Any, Final
 import pytest
 
 from tests.conftest import ROOT
+from tests.netns import HTTP_SCRIPT  # run by the image's python3 inside a container
 
 CONTAINERS_CONF: Final = ROOT / "deploy" / "podman" / "containers.conf"
 IMAGE: Final = "localhost/picoapi-sidecar:latest"
@@ -42,22 +43,6 @@ COMMAND_TIMEOUT: Final = 60.0
 IMAGE_TIMEOUT: Final = 900.0
 HTTP_TIMEOUT: Final = 3.0
 LOG_TAIL: Final = 3000
-
-# Runs inside a container (python3 of the image); http.client: no proxy from the environment.
-_HTTP_SCRIPT: Final = """
-import http.client, json, sys
-method, host, port, path, timeout = sys.argv[1:6]
-conn = http.client.HTTPConnection(host, int(port), timeout=float(timeout))
-try:
-    conn.request(method, path)
-    answer = conn.getresponse()
-    status, body = answer.status, answer.read().decode("utf-8", "replace")
-except OSError as exc:
-    status, body = 0, repr(exc)
-finally:
-    conn.close()
-print(json.dumps({"status": status, "body": body}))
-"""
 
 
 class PodmanError(RuntimeError):
@@ -207,7 +192,7 @@ class Podman:
         if host != "127.0.0.1":
             raise ValueError(f"Podman.http only talks to 127.0.0.1 inside a container, not {url}")
         done = self(
-            *("exec", container, "python3", "-I", "-S", "-c", _HTTP_SCRIPT),
+            *("exec", container, "python3", "-I", "-S", "-c", HTTP_SCRIPT),
             *(method, host, port, "/" + path, str(timeout)),
             timeout=timeout + COMMAND_TIMEOUT,
         )
