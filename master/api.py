@@ -313,14 +313,21 @@ def parse_status(request: web.Request) -> Status | None:
         ) from None
 
 
-async def block(request: web.Request) -> None:
-    """A blocking query: with `index=N`, wait until the registry moves past N (or `wait`)."""
+def index_of(request: web.Request) -> int | None:
+    """A blocking query's `index=N`; None when it is not one."""
     index_text = request.query.get("index")
     if index_text is None:
-        return
+        return None
     if not index_text.isdigit() or len(index_text) > 18:
         raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
-    await request.app[REGISTRY].wait(int(index_text), wait_of(request))
+    return int(index_text)
+
+
+async def block(request: web.Request) -> None:
+    """A blocking query: with `index=N`, wait until the registry moves past N (or `wait`)."""
+    index = index_of(request)
+    if index is not None:
+        await request.app[REGISTRY].wait(index, wait_of(request))
 
 
 def wait_of(request: web.Request) -> float:

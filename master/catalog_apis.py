@@ -36,7 +36,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
-from master.api import REGISTRY, json_response, wait_of
+from master.api import REGISTRY, index_of, json_response, wait_of
 from master.errors import BadRequest
 from master.model import Document, FieldError, Record, check_name, loads_json
 from master.registry import Registry
@@ -406,22 +406,10 @@ def _operation_diff(old: Operation, new: Operation, changes: _Changes) -> None:
             parameter={"in": where, "name": safe_text(name)},
             required=after,
         )
-    if new.body_required and not old.body_required:
-        changes.add(
-            "body_required_changed",
-            label,
-            f"{label}: request body now required",
-            True,
-            required=True,
-        )
-    elif old.body_required and not new.body_required:
-        changes.add(
-            "body_required_changed",
-            label,
-            f"{label}: request body no longer required",
-            False,
-            required=False,
-        )
+    if new.body_required != old.body_required:
+        after = new.body_required
+        text = f"{label}: request body {'now required' if after else 'no longer required'}"
+        changes.add("body_required_changed", label, text, after, required=after)
     if not (old.has_body or new.has_body) or old.body_fields is new.body_fields:
         return
     now_required, not_required = changes.field_diff(old.body_fields, new.body_fields)
@@ -647,15 +635,13 @@ async def list_apis(request: web.Request) -> web.Response:
 
 
 async def _block(request: web.Request, registry: Registry, name: str | None) -> int:
-    index_text = request.query.get("index")
-    if index_text is not None and (not index_text.isdigit() or len(index_text) > 18):
-        raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
+    index = index_of(request)
     if name is None:
-        if index_text is not None:
-            await registry.wait(int(index_text), wait_of(request))
+        if index is not None:
+            await registry.wait(index, wait_of(request))
         return registry.index
-    if index_text is not None:
-        await registry.wait_name(name, int(index_text), wait_of(request))
+    if index is not None:
+        await registry.wait_name(name, index, wait_of(request))
     return registry.name_index(name)
 
 

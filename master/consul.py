@@ -28,6 +28,7 @@ from aiohttp import web
 from master.api import (
     REGISTRY,
     block,
+    index_of,
     json_response,
     parse_bool,
     parse_status,
@@ -122,11 +123,9 @@ async def _block_on_name(request: web.Request, name: str) -> int:
     """A blocking query on one service: wakes when that service's entries change."""
     _check_datacenter(request)
     registry = request.app[REGISTRY]
-    index_text = request.query.get("index")
-    if index_text is not None:
-        if not index_text.isdigit() or len(index_text) > 18:
-            raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
-        await registry.wait_name(name, int(index_text), wait_of(request))
+    index = index_of(request)
+    if index is not None:
+        await registry.wait_name(name, index, wait_of(request))
     return registry.name_index(name)
 
 
@@ -135,13 +134,10 @@ async def _block_on_all(request: web.Request) -> None:
     one given. We show an empty registry's index 0 as 1 (0 makes clients spin), so a 1
     given back while the index is 0 waits for the first change instead of answering at
     once (which would have the client spin all the same)."""
-    index_text = request.query.get("index")
-    if index_text is None:
+    wanted = index_of(request)
+    if wanted is None:
         return
-    if not index_text.isdigit() or len(index_text) > 18:
-        raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
     registry = request.app[REGISTRY]
-    wanted = int(index_text)
     if wanted == 1 and registry.index == 0:
         wanted = 0
     await registry.wait(wanted, wait_of(request))

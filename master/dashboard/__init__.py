@@ -37,9 +37,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from master.api import AUTH, REGISTRY, json_response, wait_of
+from master.api import AUTH, REGISTRY, index_of, json_response, wait_of
 from master.catalog_apis import CATALOG, ApiCatalog
-from master.errors import BadRequest, NotFound
+from master.errors import NotFound
 from master.model import Record
 from master.registry import Registry
 
@@ -233,16 +233,14 @@ async def _fragment(request: web.Request, ident: str) -> web.Response:
     if auth.guards("GET"):
         auth.scope("GET", request.headers, request.query)  # 401 without a read token
     registry = request.app[REGISTRY]
-    index_text = request.query.get("index")
-    if index_text is not None:
-        if not index_text.isdigit() or len(index_text) > 18:
-            raise BadRequest(f"must be a non-negative integer, got {index_text!r}", field="index")
+    index = index_of(request)
+    if index is not None:
         wait = wait_of(request) if "wait" in request.query else FRAGMENT_WAIT_DEFAULT
         held = registry.get(ident)
         if held is not None:
-            await registry.wait_name(held.name, int(index_text), wait)
+            await registry.wait_name(held.name, index, wait)
         else:
-            await registry.wait(int(index_text), wait)
+            await registry.wait(index, wait)
     record = registry.get(ident)
     catalog = _catalog(request)
 
