@@ -124,8 +124,15 @@ async def _start(owner: Owner, path: Path, config: Config) -> int | None:
     check = SharedCheck(build_check(config.check, session))
     sidecar = Sidecar(str(path), sync, check, watcher, metrics, Guard(listen.token_file))
 
+    # handler_cancellation: a handler whose caller hung up is cancelled (aiohttp's default
+    # lets it run on), so a discovery query held for minutes frees its slot of the bounded
+    # few (and its connection to the master) at once. What must outlive a caller (a drain,
+    # a shared check) is shielded from it.
     runner = web.AppRunner(
-        build_server(sidecar), access_log=None, shutdown_timeout=SERVE_SHUTDOWN_TIMEOUT
+        build_server(sidecar),
+        access_log=None,
+        shutdown_timeout=SERVE_SHUTDOWN_TIMEOUT,
+        handler_cancellation=True,
     )
     owner.on_stop("stop_checks", lambda: sidecar.check.close(), CHECKS_STOP)
     await runner.setup()

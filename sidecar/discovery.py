@@ -365,13 +365,7 @@ class Discovery:
     @contextlib.contextmanager
     def _holding(self, entry: Entry | None) -> Iterator[None]:
         if self._held >= MAX_HELD:
-            self._count("busy")
-            raise DiscoveryError(
-                503,
-                "too_many_waiters",
-                f"{MAX_HELD} discovery queries are already waiting at this sidecar",
-                retry_after=RETRY_AFTER,
-            )
+            raise self._busy(f"{MAX_HELD} discovery queries are already waiting at this sidecar")
         self._held += 1
         if entry is not None:
             entry.held += 1
@@ -393,6 +387,12 @@ class Discovery:
                 response.headers["X-Consul-KnownLeader"] = "false"
         return response
 
+    def _busy(self, message: str) -> DiscoveryError:
+        """A cap on held requests is reached: 503, as the master answers a full set of
+        watchers."""
+        self._count("busy")
+        return DiscoveryError(503, "too_many_waiters", message, retry_after=RETRY_AFTER)
+
     def _count(self, how: str) -> None:
         self.answers[how] = self.answers.get(how, 0) + 1
 
@@ -404,12 +404,8 @@ class Discovery:
         """The caller's question, blocking as asked, to the master; its answer streamed
         back as it comes. Neither cached nor watched."""
         if self._passing >= MAX_PASSING:
-            self._count("busy")
-            raise DiscoveryError(
-                503,
-                "too_many_waiters",
-                f"{MAX_PASSING} discovery queries are already passing through to the master",
-                retry_after=RETRY_AFTER,
+            raise self._busy(
+                f"{MAX_PASSING} discovery queries are already passing through to the master"
             )
         with self._holding(None):
             self._passing += 1
@@ -427,12 +423,7 @@ class Discovery:
         urls = self._urls(link)
         for base in urls:
             try:
-                async with self._client().get(
-                    URL(base + question.target(index, wait), encoded=True),
-                    headers=_headers(link),
-                    timeout=timeout,
-                    ssl=_tls(link),
-                ) as upstream:
+                async with self._ask(link, base, question, index, wait, timeout) as upstream:
                     if upstream.status >= 500 and base != urls[-1]:
                         reasons.append(f"{base}: {upstream.status}")
                         continue
@@ -622,13 +613,7 @@ class Discovery:
         for base in urls:
             sent = _Sent()
             try:
-                async with self._client().get(
-                    URL(base + question.target(index, wait), encoded=True),
-                    headers=_headers(link),
-                    timeout=timeout,
-                    ssl=_tls(link),
-                    trace_request_ctx=sent,
-                ) as response:
+                async with self._ask(link, base, question, index, wait, timeout, sent) as response:
                     body, more = await read_capped(response.content, ANSWER_MAX)
                     if more:
                         return TOO_LARGE
@@ -648,6 +633,25 @@ class Discovery:
                 held = held or (blocking > 0 and sent.at is not None)
                 reasons.append(f"{base}: {describe_failure(exc)}")
         return Failure(tuple(reasons), held, retry_after)
+
+    def _ask(
+        self,
+        link: MasterLink,
+        base: str,
+        question: Question,
+        index: int | None,
+        wait: float | None,
+        timeout: aiohttp.ClientTimeout,
+        sent: _Sent | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The question to one master, with the sidecar's credentials and TLS settings."""
+        return self._client().get(
+            URL(base + question.target(index, wait), encoded=True),
+            headers=_headers(link),
+            timeout=timeout,
+            ssl=_tls(link),
+            trace_request_ctx=sent,
+        )
 
     def _urls(self, link: MasterLink) -> list[str]:
         urls = list(link.urls)

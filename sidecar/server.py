@@ -14,11 +14,9 @@ one middleware.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 import structlog
@@ -51,7 +49,6 @@ READS: Final = frozenset({"GET", "HEAD"})
 MASTER_CHECK_AGENT: Final = "picoapi-master"
 # No check from the master for this many check intervals: it has stopped checking.
 CHECK_SILENCE_INTERVALS: Final = 3
-HANGUP_POLL: Final = 0.25  # how often a held discovery query looks for its caller gone
 _ERROR_CODES: Final = {
     401: "unauthorized",
     403: "forbidden",
@@ -450,29 +447,9 @@ async def discover(request: web.Request) -> web.StreamResponse:
             "this sidecar reads the master with its master.token: it answers discovery "
             "questions from loopback callers only (the service beside it)",
         )
-    return await _unless_hung_up(request, sidecar.discovery.answer(request))
-
-
-async def _unless_hung_up(
-    request: web.Request, work: Coroutine[Any, Any, web.StreamResponse]
-) -> web.StreamResponse:
-    """`work`, cancelled once the caller's connection is gone: aiohttp does not cancel a
-    handler whose client hung up, and a blocking query would hold its slot of MAX_HELD (a
-    pass-through, its connection to the master too) for the rest of its wait."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HANGUP_POLL)
-            if done:
-                return task.result()
-            if request.transport is None or request.transport.is_closing():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return web.Response(status=499)  # nobody reads it
-    finally:
-        if not task.done():  # this handler cancelled (the sidecar stopping)
-            task.cancel()
+    # A caller that hangs up cancels this (the runner's handler_cancellation): its slot of
+    # the held requests is free at once.
+    return await sidecar.discovery.answer(request)
 
 
 async def not_served(request: web.Request) -> web.Response:
